@@ -1,0 +1,92 @@
+"""Profiles, the artifact cache and the environment files."""
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ood_core import artifacts, profiles
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_profiles_exist_and_scale_monotonically():
+    smoke, cpu, paper = (profiles.get_profile(n) for n in ("smoke", "cpu", "paper"))
+    assert smoke.data.n_eval < cpu.data.n_eval
+    assert paper.data.n_eval is None  # full test sets
+    with pytest.raises(ValueError, match="unknown profile"):
+        profiles.get_profile("huge")
+
+
+def test_config_key_is_canonical():
+    assert artifacts.config_key({"a": 1, "b": (1, 2)}) == artifacts.config_key({"b": [1, 2], "a": 1})
+    assert artifacts.config_key({"a": 1}) != artifacts.config_key({"a": 2})
+
+
+def test_cache_miss_then_hit(tmp_path):
+    store = artifacts.ArtifactStore(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"s": np.arange(3.0)}
+
+    cfg = {"model": "glow", "lr": 1e-3}
+    a = store.cached_arrays("scores", cfg, compute)
+    b = store.cached_arrays("scores", cfg, compute)
+    assert len(calls) == 1 and np.array_equal(a["s"], b["s"])
+    store.cached_arrays("scores", {**cfg, "lr": 2e-3}, compute)  # changed parameter recomputes
+    assert len(calls) == 2
+
+
+def test_killed_write_is_never_trusted(tmp_path, monkeypatch):
+    store = artifacts.ArtifactStore(tmp_path)
+    cfg = {"x": 1}
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # a kill during the write
+
+    monkeypatch.setattr(np, "savez_compressed", boom)
+    with pytest.raises(KeyboardInterrupt):
+        store.save("scores", cfg, arrays={"a": np.zeros(2)})
+    assert not store.exists("scores", cfg)
+    assert not store.path("scores", cfg).exists()
+    assert list((tmp_path / "scores").glob(".tmp-*")) == []
+
+
+def test_leftover_without_done_is_replaced(tmp_path):
+    store = artifacts.ArtifactStore(tmp_path)
+    cfg = {"x": 2}
+    half = store.path("m", cfg)
+    half.mkdir(parents=True)
+    (half / "arrays.npz").write_bytes(b"half written")
+    assert not store.exists("m", cfg)
+    with pytest.raises(FileNotFoundError):
+        store.load_arrays("m", cfg)
+    store.save("m", cfg, arrays={"a": np.ones(2)}, state_dict={"w": torch.ones(2)})
+    assert np.array_equal(store.load_arrays("m", cfg)["a"], np.ones(2))
+    assert torch.equal(store.load_state_dict("m", cfg)["w"], torch.ones(2))
+    assert "hardware" in store.load_meta("m", cfg)
+
+
+def _pins(lines):
+    return sorted(l.strip() for l in lines if re.match(r"^[A-Za-z0-9_.\-\[\]]+==", l.strip()))
+
+
+def test_environment_yml_and_requirements_agree():
+    req = _pins((REPO / "requirements.txt").read_text().splitlines())
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert _pins(pip_section) == req
+    assert "torch==2.14.1" in req and "torchvision==0.29.1" in req
+    assert any(str(d).startswith("python=3.11") for d in env["dependencies"])
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in readme and "make test" in ci and "make book" in readme
