@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-build", action="store_true", help="execute notebooks only")
     args = ap.parse_args(argv)
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would clutter the rendered outputs
     book = Path(args.book).resolve()
     if book != (REPO / "book").resolve():
         book.mkdir(parents=True, exist_ok=True)

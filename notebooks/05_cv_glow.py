@@ -1,0 +1,88 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Constant-volume Glow: the inversion without a volume term
+#
+# Replace Glow's affine couplings by *additive* ones ($y_b = x_b + t(x_a)$) and the only
+# input-dependent part of the log-det disappears: ActNorm and the 1×1 convolutions have
+# log-dets that depend on the parameters, not on $x$. Nalisnick et al. call this CV-Glow and show
+# that the inversion persists, which rules out the volume term as its sole cause and makes the
+# model simple enough for their second-order analysis.
+#
+# Same data, architecture size, optimiser and training length as the affine runs; only the
+# coupling differs (`GlowRun.with_coupling("additive")`).
+
+# %% tags=["parameters"]
+profile: str = "cpu"  # scale profile: "smoke" (seconds), "cpu" (default), "paper" (GPU scale)
+seed: int = 0  # seed for evaluation subsets and dequantisation noise
+device: str = "cpu"  # torch device for training and scoring
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from IPython.display import Markdown, display
+
+from ood_core import glow_study as gs, plots
+from ood_core.profiles import get_profile
+
+P = get_profile(profile)
+sns.set_theme(style="whitegrid")
+cv = {ds: gs.evaluate(P.glow.runs[ds].with_coupling("additive"), P.glow.n_eval, P.glow.ood[ds], seed=seed,
+                      device=device) for ds in ("fashion_mnist", "cifar10")}
+affine = {ds: gs.evaluate(P.glow.runs[ds], P.glow.n_eval, P.glow.ood[ds], seed=seed, device=device)
+          for ds in ("fashion_mnist", "cifar10")}
+
+# %% [markdown]
+# ## The log-det is the same for every input
+#
+# The spread of the log-det term across all evaluated images (every set pooled) is zero up to
+# floating point for CV-Glow, and not for affine Glow.
+
+# %%
+rows = []
+for ds in cv:
+    for name, ev in (("CV-Glow (additive)", cv[ds]), ("Glow (affine)", affine[ds])):
+        pooled = np.concatenate([s["bpd_logdet"] for s in ev.scores.values()])
+        rows.append({"ID": ds, "model": name, "log-det term: min (bpd)": pooled.min(),
+                     "max (bpd)": pooled.max(), "std (bpd)": pooled.std()})
+display(pd.DataFrame(rows).set_index(["ID", "model"]))
+
+# %% [markdown]
+# ## Bits/dim histograms and tables
+
+# %%
+for ds, ev in cv.items():
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    plots.score_histograms({k: v for k, v in ev.column("bpd").items() if "noise" not in k and k != "constant"},
+                           "bits/dim", ax=ax, title=ev.trained.run.label)
+    plt.show()
+    display(ev.table.round(3))
+    display(Markdown(gs.missing_note(ev.missing)))
+
+# %%
+fm = cv["fashion_mnist"].table
+gap = fm.loc["FashionMNIST test", "mean bpd"] - fm.loc["MNIST test", "mean bpd"]
+display(Markdown(
+    f"**Verdict ({P.name} profile).** With constant volume the FashionMNIST → MNIST inversion is "
+    f"{'still present' if gap > 0 else 'absent'}: MNIST-test {fm.loc['MNIST test', 'mean bpd']:.3f} vs "
+    f"FashionMNIST-test {fm.loc['FashionMNIST test', 'mean bpd']:.3f} bits/dim (AUROC "
+    f"{fm.loc['MNIST test', 'AUROC % (ID test vs set, score = log p)']:.1f} %). The paper reports that it persists."))
+
+# %% [markdown]
+# ## Summary
+#
+# * CV-Glow's log-det term is identical for every input (tested in `tests/test_flows.py`, seen
+#   above on real data), so any likelihood gap lives entirely in $\log p(z)$.
+# * The inversion on FashionMNIST → MNIST does not need an input-dependent volume term.

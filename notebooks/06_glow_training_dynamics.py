@@ -1,0 +1,90 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Likelihoods over training
+#
+# Nalisnick et al. follow the bits/dim of the training set, the test set and the OOD set during
+# training and find the OOD set favoured *throughout*, not only at convergence. Our trainer
+# records these curves while it trains (fixed subsets, fixed dequantisation noise), so this chapter
+# only reads the training logs of the models trained in the previous chapters.
+
+# %% tags=["parameters"]
+profile: str = "cpu"  # scale profile: "smoke" (seconds), "cpu" (default), "paper" (GPU scale)
+seed: int = 0  # seed for evaluation subsets and dequantisation noise
+device: str = "cpu"  # torch device for training and scoring
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import Markdown, display
+
+from ood_core import glow_study as gs
+from ood_core.profiles import get_profile
+
+P = get_profile(profile)
+sns.set_theme(style="whitegrid")
+runs = [P.glow.runs[ds].with_coupling(c) for ds in ("fashion_mnist", "cifar10") for c in ("affine", "additive")]
+trained = [gs.train_glow(r, device=device) for r in runs]
+
+# %%
+fig, axes = plt.subplots(1, len(trained), figsize=(4.2 * len(trained), 3.6), sharey=False)
+for ax, t in zip(axes, trained):
+    h = t.history.melt(id_vars=["step"], value_vars=[c for c in t.history if c.startswith("bpd: ")],
+                       var_name="set", value_name="bits/dim")
+    h["set"] = h["set"].str.removeprefix("bpd: ")
+    sns.lineplot(h, x="step", y="bits/dim", hue="set", marker="o", ax=ax)
+    ax.set_title(t.run.label, fontsize=9)
+fig.tight_layout()
+plt.show()
+
+# %%
+rows = []
+for t in trained:
+    h = t.history
+    ood_cols = [c for c in h if c.startswith("bpd: ") and c not in ("bpd: ID train", "bpd: ID test")]
+    for c in ood_cols:
+        below = (h[c] < h["bpd: ID test"]).mean()
+        rows.append({"model": t.run.label, "OOD set": c.removeprefix("bpd: "), "evaluations": len(h),
+                     "share of evaluations with OOD below ID test": below,
+                     "final ID test": h["bpd: ID test"].iloc[-1], "final OOD": h[c].iloc[-1]})
+summary = pd.DataFrame(rows).set_index(["model", "OOD set"])
+display(summary.round(3))
+fm = summary.xs("MNIST test", level="OOD set").iloc[0]
+display(Markdown(
+    f"**Verdict ({P.name} profile).** For {trained[0].run.label}, MNIST-test is below FashionMNIST-test in "
+    f"{fm['share of evaluations with OOD below ID test']:.0%} of the evaluations along training "
+    "(the paper: throughout training)."))
+
+# %% [markdown]
+# ## Paper-profile curves (GPU), when present
+
+# %%
+for ds in ("fashion_mnist", "cifar10"):
+    paper_run = get_profile("paper").glow.runs[ds]
+    paper = gs.published(paper_run)
+    if paper is None:
+        display(Markdown(f"No paper-profile results for *{paper_run.label}* under `results/` yet."))
+        continue
+    h = paper["history"].melt(id_vars=["step"], value_vars=[c for c in paper["history"] if c.startswith("bpd: ")],
+                              var_name="set", value_name="bits/dim")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    sns.lineplot(h, x="step", y="bits/dim", hue="set", marker="o", ax=ax)
+    ax.set_title(f"paper profile: {paper_run.label}", fontsize=9)
+    plt.show()
+
+# %% [markdown]
+# ## Summary
+#
+# * The curves come from the training log itself (`TrainResult.history`), saved with the model.
+# * Whether the OOD set stays favoured from the first evaluation on is read off the table above.
