@@ -67,9 +67,16 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else _REPO / "artifacts"
 
 
+RESULTS_ENV = "OOD_RESULTS"
+
+
 def results_root() -> Path:
-    """Committed paper-profile results (small: scores, metrics, curves; never weights)."""
-    return _REPO / "results"
+    """Committed paper-profile results (small: scores, metrics, curves; never weights).
+
+    ``$OOD_RESULTS`` overrides ``results/`` in the checkout (used to collect a GPU run's output).
+    """
+    env = os.environ.get(RESULTS_ENV)
+    return Path(env).expanduser() if env else _REPO / "results"
 
 
 def hardware() -> dict:

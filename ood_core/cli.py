@@ -4,6 +4,8 @@
     python -m ood_core data list
     python -m ood_core data verify
     python -m ood_core data download svhn --root ~/ood-data      # needs internet
+    python -m ood_core glow --profile paper --dataset cifar10 --coupling affine --export
+    python -m ood_core bench
 
 The CLI is the one place in the package that writes to stdout.
 """
@@ -59,6 +61,39 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 2
 
 
+def cmd_glow(args: argparse.Namespace) -> int:
+    """Train (or load) a profile's Glow, score its evaluation sets, optionally export to results/."""
+    import torch
+
+    from ood_core import glow_study as gs
+    from ood_core.profiles import get_profile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    P = get_profile(args.profile)
+    datasets = args.dataset or list(P.glow.runs)
+    for ds in datasets:
+        for coupling in args.coupling:
+            run = P.glow.runs[ds].with_coupling(coupling)
+            ev = gs.evaluate(run, P.glow.n_eval, P.glow.ood[ds], seed=args.seed, device=args.device)
+            print(f"== {run.label} ({P.name} profile): {ev.trained.meta['steps']} steps, "
+                  f"{ev.trained.meta['wall_time_s']:.0f} s")
+            print(ev.table.round(3).to_string())
+            if ev.missing:
+                print(gs.missing_note(ev.missing))
+            if args.export:
+                print("exported to", gs.export_results(ev.trained, ev.sets, ev.scores))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ood_core import bench
+
+    for line in bench.run(device=args.device, profile=args.profile, seconds=args.seconds):
+        print(line, flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ood_core", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -70,13 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", help="mirror folder (default: $OOD_DATA or ../shared/data)")
     d.set_defaults(func=cmd_data)
 
-    for register in _EXTENSIONS:
-        register(sub)
+    g = sub.add_parser("glow", help="train/score the Glow runs of a profile (Nalisnick et al.); cached")
+    g.add_argument("--profile", default="cpu")
+    g.add_argument("--dataset", nargs="*", choices=["fashion_mnist", "cifar10"], help="default: both")
+    g.add_argument("--coupling", nargs="+", default=["affine"], choices=["affine", "additive"])
+    g.add_argument("--device", default=None, help="default: cuda if available")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g.add_argument("--export", action="store_true", help="write small results (scores, curves) to results/")
+    g.set_defaults(func=cmd_glow)
+
+    b = sub.add_parser("bench", help="print training/evaluation throughput of the profile's models")
+    b.add_argument("--profile", default="cpu")
+    b.add_argument("--device", default=None)
+    b.add_argument("--seconds", type=float, default=10.0, help="time budget per measurement")
+    b.set_defaults(func=cmd_bench)
     return p
-
-
-# Later modules add sub-commands here (training and scoring), keeping this file the single entry.
-_EXTENSIONS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
