@@ -5,6 +5,7 @@
     python -m ood_core data verify
     python -m ood_core data download svhn --root ~/ood-data      # needs internet
     python -m ood_core glow --profile paper --dataset cifar10 --coupling affine --export
+    python -m ood_core classifier --profile paper --dataset cifar10 --export
     python -m ood_core bench
 
 The CLI is the one place in the package that writes to stdout.
@@ -86,6 +87,37 @@ def cmd_glow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classifier(args: argparse.Namespace) -> int:
+    """Train (or load) a profile's classifier, run the ASH benchmark and ablations, optionally export."""
+    import torch
+
+    from ood_core import classifier_study as cs
+    from ood_core import glow_study as gs
+    from ood_core.profiles import get_profile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    P = get_profile(args.profile)
+    C = P.classifier
+    for ds in args.dataset or list(C.runs):
+        run = C.runs[ds]
+        ev = cs.evaluate(run, C.n_eval, C.n_fit, C.ood[ds], seed=args.seed, device=args.device)
+        long = ev.benchmark(cs.paper_methods())
+        tables = {"benchmark": long, "summary": cs.summary(long).reset_index(),
+                  "sweep": cs.percentile_sweep(ev.suite, ev.id_feats, ev.ood_feats, C.percentiles),
+                  "local_vs_global": cs.local_vs_global(ev.suite, ev.id_feats, ev.ood_feats, C.ablation_percentiles),
+                  "where_to_ash": cs.where_to_ash(ev.trained, ev.id_set, ev.ood_sets)}
+        print(f"== {run.label} ({P.name} profile): {ev.trained.meta['steps']} steps, "
+              f"{ev.trained.meta['wall_time_s']:.0f} s")
+        print(tables["summary"].round(2).to_string())
+        print(tables["where_to_ash"].round(2).to_string())
+        if ev.missing:
+            print(gs.missing_note(ev.missing))
+        if args.export:
+            print("exported to", cs.export_results(ev.trained, tables))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ood_core import bench
 
@@ -114,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     g.add_argument("--export", action="store_true", help="write small results (scores, curves) to results/")
     g.set_defaults(func=cmd_glow)
+
+    c = sub.add_parser("classifier", help="train/score the classifiers of a profile (ASH benchmark); cached")
+    c.add_argument("--profile", default="cpu")
+    c.add_argument("--dataset", nargs="*", choices=["cifar10", "fashion_mnist"], help="default: both")
+    c.add_argument("--device", default=None, help="default: cuda if available")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    c.add_argument("--export", action="store_true", help="write small results (tables, curves) to results/")
+    c.set_defaults(func=cmd_classifier)
 
     b = sub.add_parser("bench", help="print training/evaluation throughput of the profile's models")
     b.add_argument("--profile", default="cpu")
