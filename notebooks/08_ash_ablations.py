@@ -1,0 +1,128 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # ASH ablations: the percentile, local vs global, where to prune, and trade-offs
+#
+# The ASH paper's analyses, on the CIFAR-10 classifier trained in the previous chapter (loaded
+# from the artifact cache): how ID accuracy and OOD detection move with the pruning percentile
+# $p$; a per-sample threshold against one global threshold; ASH after earlier blocks instead of
+# the penultimate layer; and every method's ID accuracy against its OOD performance (the paper's
+# Figure 1). Averages are over the OOD sets present in the mirror (see the previous chapter).
+
+# %% tags=["parameters"]
+profile: str = "cpu"  # scale profile: "smoke" (seconds), "cpu" (default), "paper" (GPU scale)
+seed: int = 0  # seed for evaluation subsets, synthetic sets and ASH-RAND
+device: str = "cpu"  # torch device for training and feature extraction
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import Markdown, display
+
+from ood_core import classifier_study as cs
+from ood_core.profiles import get_profile
+
+P = get_profile(profile)
+C = P.classifier
+sns.set_theme(style="whitegrid")
+ev = cs.evaluate(C.runs["cifar10"], C.n_eval, C.n_fit, C.ood["cifar10"], seed=seed, device=device)
+print(ev.trained.run.label, "| OOD sets:", ", ".join(ev.names.values()))
+
+# %% [markdown]
+# ## ID accuracy and OOD detection against the percentile
+#
+# The paper: ID accuracy stays within about a point up to $p\approx 90$ for ASH-S/ASH-B and then
+# drops; OOD detection improves with $p$ up to high percentiles.
+
+# %%
+sweep = cs.percentile_sweep(ev.suite, ev.id_feats, ev.ood_feats, C.percentiles)
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+for ax, col in zip(axes, ("ID accuracy (%)", "FPR95", "AUROC")):
+    sns.lineplot(sweep, x="percentile", y=col, hue="shaper", marker="o", ax=ax)
+    ax.set_xlabel("pruning percentile p")
+fig.tight_layout()
+plt.show()
+base_acc = sweep.query("shaper == 'ASH-P' and percentile == 0")["ID accuracy (%)"].iloc[0]
+within = sweep[(sweep["ID accuracy (%)"] >= base_acc - 1)].groupby("shaper")["percentile"].max()
+display(Markdown(f"Unpruned ID accuracy {base_acc:.2f} %. Largest $p$ in the grid that keeps accuracy within "
+                 "1 point: " + ", ".join(f"{k} {v:g}" for k, v in within.items()) + "."))
+
+# %% [markdown]
+# ## Local (per-sample) vs global threshold
+#
+# At each $p$ the global threshold is the $p$-th percentile of all ID *training* activation
+# values, so both variants prune about the same fraction of ID activations (last column).
+
+# %%
+lg = cs.local_vs_global(ev.suite, ev.id_feats, ev.ood_feats, C.ablation_percentiles)
+display(lg.round(2))
+wide = lg.pivot_table(index=["shaper", "percentile"], columns="threshold", values="AUROC")
+wins = (wide["local (per sample)"] > wide["global (from ID train)"]).mean()
+display(Markdown(f"**Verdict ({P.name} profile).** The local threshold has the higher AUROC in {wins:.0%} of the "
+                 f"{len(wide)} (shaper, p) pairs; the paper reports local beats global."))
+
+# %% [markdown]
+# ## Where to ASH
+#
+# ASH-S at $p = 90$ applied after each residual stage instead of the penultimate (pooled)
+# features. For 4-D activations the percentile is taken over all $C\cdot H\cdot W$ entries of a sample.
+
+# %%
+where = cs.where_to_ash(ev.trained, ev.id_set, ev.ood_sets, percentile=90)
+display(where.round(2))
+fig, ax1 = plt.subplots(figsize=(7, 3.6))
+sns.barplot(where, x="stage", y="AUROC", color="C0", ax=ax1)
+ax1.set_ylim(min(50, where["AUROC"].min() - 5), 100)
+ax2 = ax1.twinx()
+ax2.plot(range(len(where)), where["ID accuracy (%)"], "o-", color="C3")
+ax2.set_ylabel("ID accuracy (%)", color="C3")
+plt.show()
+best_stage = where.loc[where["AUROC"].idxmax(), "stage"]
+display(Markdown(f"**Verdict ({P.name} profile).** Best AUROC at **{best_stage}**; the paper finds the "
+                 "penultimate layer best, with earlier placements costing ID accuracy."))
+
+# %% [markdown]
+# ## ASH-RAND and combinations, and the trade-off figure
+#
+# Every method's ID accuracy against its mean FPR95 and AUROC (the paper's Figure 1).
+
+# %%
+long = ev.benchmark(cs.paper_methods())
+table = cs.summary(long)
+display(table.loc[[m for m in table.index if "ASH" in m]].round(2))
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+for ax, col in zip(axes, ("FPR95", "AUROC")):
+    sns.scatterplot(table.reset_index(), x=col, y="ID accuracy (%)", hue="method", s=80, ax=ax, legend=ax is axes[1])
+    ax.set_xlabel(f"mean {col} (%)")
+axes[1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## A note on OpenOOD v1.5
+#
+# OpenOOD v1.5 {cite}`zhang2023openood` evaluates "ASH" (ASH-B with $p$ tuned on a validation
+# OOD split) on CIFAR-10 ResNet-18 and reports it among the weakest methods there (near/far-OOD
+# AUROC 75.27 / 78.49, against energy 87.58 / 91.21), while it is near the top on ImageNet
+# ResNet-50. Our small CIFAR ResNet-18 lets the reader check the same direction above: compare the
+# ASH rows with energy. Pruning 90–95 % of a 128- or 512-dimensional penultimate vector of a
+# CIFAR network leaves few active units, and how well that works depends on the network.
+
+# %% [markdown]
+# ## Summary
+#
+# * Accuracy-vs-$p$, local-vs-global and where-to-ASH are computed from cached features (and, for
+#   earlier blocks, fresh forward passes with shaping applied by composition, never by toggling
+#   the model).
+# * Each verdict above is computed from this run's numbers; the claims ledger collects them.
