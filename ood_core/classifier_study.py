@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -115,14 +116,25 @@ def train_classifier(run: ClassifierRun, store: ArtifactStore | None = None, dev
         t0 = time.time()
         result = train(model, _ce_loss, TensorDataset(tr.x, tr.y), run.train, store.workdir("classifier", cfg),
                        evaluators={"test accuracy (%)": lambda m: _accuracy(m, te.x, te.y)},
-                       batch_transform=transform, device=device, progress=progress)
+                       batch_transform=transform, device=device, progress=progress and not os.environ.get("TQDM_DISABLE"))
         meta = {"wall_time_s": time.time() - t0, "steps": result.steps, "n_train": len(tr), "label": run.label}
-        store.save("classifier", cfg, state_dict={k: v.cpu() for k, v in model.state_dict().items()}, meta=meta,
-                   files={"history.json": json.dumps(result.history)})
+        if _rank() == 0:  # under torchrun only rank 0 writes; the others wait and then load it
+            store.save("classifier", cfg, state_dict={k: v.cpu() for k, v in model.state_dict().items()}, meta=meta,
+                       files={"history.json": json.dumps(result.history)})
+        _barrier()
     model.load_state_dict(store.load_state_dict("classifier", cfg))
     model.to(device).eval()
     history = pd.DataFrame(json.loads(store.read_text("classifier", cfg, "history.json")))
     return TrainedClassifier(run, model, history, store.load_meta("classifier", cfg))
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _digest(x: torch.Tensor) -> str:

@@ -7,6 +7,7 @@
     python -m ood_core glow --profile paper --dataset cifar10 --coupling affine --export
     python -m ood_core classifier --profile paper --dataset cifar10 --export
     python -m ood_core bench
+    torchrun --nproc_per_node 8 -m ood_core glow --profile paper --export   # DDP on 8 GPUs
 
 The CLI is the one place in the package that writes to stdout.
 """
@@ -62,6 +63,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 2
 
 
+def _distributed(args: argparse.Namespace):
+    """Under ``torchrun`` join the process group (DDP training, rank 0 scores); else one process."""
+    from ood_core.train import setup_distributed
+
+    ctx = setup_distributed()
+    device = args.device or (ctx.device if ctx.world_size > 1 else None)
+    return ctx, device
+
+
 def cmd_glow(args: argparse.Namespace) -> int:
     """Train (or load) a profile's Glow, score its evaluation sets, optionally export to results/."""
     import torch
@@ -71,12 +81,16 @@ def cmd_glow(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    ctx, device = _distributed(args)
     P = get_profile(args.profile)
     datasets = args.dataset or list(P.glow.runs)
     for ds in datasets:
         for coupling in args.coupling:
             run = P.glow.runs[ds].with_coupling(coupling)
-            ev = gs.evaluate(run, P.glow.n_eval, P.glow.ood[ds], seed=args.seed, device=args.device)
+            if not ctx.is_main:  # other ranks help train, rank 0 scores and exports
+                gs.train_glow(run, device=device, progress=False)
+                continue
+            ev = gs.evaluate(run, P.glow.n_eval, P.glow.ood[ds], seed=args.seed, device=device)
             print(f"== {run.label} ({P.name} profile): {ev.trained.meta['steps']} steps, "
                   f"{ev.trained.meta['wall_time_s']:.0f} s")
             print(ev.table.round(3).to_string())
@@ -97,11 +111,15 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    ctx, device = _distributed(args)
     P = get_profile(args.profile)
     C = P.classifier
     for ds in args.dataset or list(C.runs):
         run = C.runs[ds]
-        ev = cs.evaluate(run, C.n_eval, C.n_fit, C.ood[ds], seed=args.seed, device=args.device)
+        if not ctx.is_main:
+            cs.train_classifier(run, device=device, progress=False)
+            continue
+        ev = cs.evaluate(run, C.n_eval, C.n_fit, C.ood[ds], seed=args.seed, device=device)
         long = ev.benchmark(cs.paper_methods())
         tables = {"benchmark": long, "summary": cs.summary(long).reset_index(),
                   "sweep": cs.percentile_sweep(ev.suite, ev.id_feats, ev.ood_feats, C.percentiles),

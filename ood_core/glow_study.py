@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import logging
 import time
 from dataclasses import dataclass, field
@@ -133,15 +134,26 @@ def train_glow(run: GlowRun, store: ArtifactStore | None = None, device: str | t
         t0 = time.time()
         result = train(model, _nll_bpd, TensorDataset(train_set.x), run.train, store.workdir("glow", cfg),
                        evaluators=evaluators, batch_transform=_dequantize_batch, init_fn=_init_actnorm,
-                       device=device, progress=progress)
+                       device=device, progress=progress and not os.environ.get("TQDM_DISABLE"))
         meta = {"wall_time_s": time.time() - t0, "steps": result.steps, "n_train": len(train_set),
                 "label": run.label}
-        store.save("glow", cfg, state_dict={k: v.cpu() for k, v in model.state_dict().items()}, meta=meta,
-                   files={"history.json": json.dumps(result.history)})
+        if _rank() == 0:  # under torchrun only rank 0 writes; the others wait and then load it
+            store.save("glow", cfg, state_dict={k: v.cpu() for k, v in model.state_dict().items()}, meta=meta,
+                       files={"history.json": json.dumps(result.history)})
+        _barrier()
     model.load_state_dict(store.load_state_dict("glow", cfg))
     model.to(device).eval()
     history = pd.DataFrame(json.loads(store.read_text("glow", cfg, "history.json")))
     return TrainedGlow(run, model, history, store.load_meta("glow", cfg))
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _digest(x: torch.Tensor) -> str:
