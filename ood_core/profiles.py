@@ -117,15 +117,15 @@ PROFILES: dict[str, Profile] = {
         data=DataSettings(n_stats=None, n_grid=32, n_eval=2000),
         glow=GlowSettings(
             runs={
-                # ~700 img/s on 2 cores: 2 epochs of FashionMNIST in ~3 minutes.
+                # ~350-700 img/s on 2 cores: 2 epochs of FashionMNIST in ~3-6 minutes.
                 "fashion_mnist": GlowRun("fashion_mnist", levels=2, steps=8, width=64, n_train=None, n_curve=500,
                                          curve_sets=("mnist",),
                                          train=TrainConfig(epochs=2, batch_size=64, warmup_steps=200, eval_every=250,
                                                            checkpoint_every=250, **_GLOW_OPT)),
-                # ~390 img/s on 2 cores: 2 epochs of CIFAR-10 in ~4.5 minutes.
+                # ~200-390 img/s on 2 cores: one epoch of CIFAR-10 in ~2-4 minutes.
                 "cifar10": GlowRun("cifar10", levels=3, steps=8, width=64, n_train=None, n_curve=500,
                                    curve_sets=("svhn", "mnist"),
-                                   train=TrainConfig(epochs=2, batch_size=64, warmup_steps=200, eval_every=250,
+                                   train=TrainConfig(epochs=1, batch_size=64, warmup_steps=200, eval_every=100,
                                                      checkpoint_every=250, **_GLOW_OPT)),
             },
             n_eval=2000, ood=_GLOW_OOD),
