@@ -161,9 +161,9 @@ PROFILES: dict[str, Profile] = {
             n_eval=None, ood=_GLOW_OOD),
         classifier=ClassifierSettings(
             runs={
-                # ResNet-18 (OpenOOD's CIFAR model), 100 epochs with bf16 autocast on a GPU.
+                # ResNet-18 (OpenOOD's CIFAR model), 60 epochs with bf16 autocast on a GPU.
                 "cifar10": ClassifierRun("cifar10", ClassifierConfig("resnet18_cifar", width=64),
-                                         train=TrainConfig(epochs=100, batch_size=256, lr=0.2, warmup_steps=400,
+                                         train=TrainConfig(epochs=60, batch_size=256, lr=0.2, warmup_steps=400,
                                                            eval_every=0, checkpoint_every=2000, amp_bf16=True,
                                                            **_CLS_OPT)),
                 "fashion_mnist": ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=64),
