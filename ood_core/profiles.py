@@ -156,7 +156,7 @@ PROFILES: dict[str, Profile] = {
                 "cifar10": GlowRun("cifar10", levels=3, steps=32, width=512, n_train=None, n_curve=1000,
                                    curve_sets=("svhn", "mnist"),
                                    train=TrainConfig(epochs=100, batch_size=256, warmup_steps=200, eval_every=200,
-                                                     checkpoint_every=200, max_steps=800, **_GLOW_OPT)),
+                                                     checkpoint_every=200, max_steps=400, **_GLOW_OPT)),
             },
             n_eval=None, ood=_GLOW_OOD),
         classifier=ClassifierSettings(
