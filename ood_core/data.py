@@ -152,6 +152,9 @@ def _read_file(path_str: str, size: int, mtime: float, name: str, fname: str) ->
     s = spec(name)
     expected = s.sha256.get(fname)
     file_hash = sha256_file(path)
+    cached = _decoded_cache_get(s, fname, file_hash)
+    if cached is not None:
+        return cached
     try:
         with np.load(path, allow_pickle=False) as d:
             if "x" not in d or "y" not in d:
@@ -180,10 +183,57 @@ def _read_file(path_str: str, size: int, mtime: float, name: str, fname: str) ->
                            f"{(s.shape[1], s.shape[2], s.shape[0])}. {_fix_hint(name)}")
     if len(y) != len(x):
         raise DatasetError(f"{path}: {len(x)} images but {len(y)} labels. {_fix_hint(name)}")
-    x.setflags(write=False)
     y = y.astype(np.int64)
+    if expected is not None and file_hash == expected:
+        _decoded_cache_put(s, fname, file_hash, x, y)
+    x.setflags(write=False)
     y.setflags(write=False)
     return x, y
+
+
+# LZMA-compressed shards take seconds to decode (CIFAR-10 train: ~8 s); every notebook is a new
+# process, so the verified, decoded arrays are kept as plain .npy files in the artifact folder,
+# keyed by the file's sha256, and re-verified against the manifest's content hash when read.
+def _decoded_dir(file_hash: str) -> Path:
+    from ood_core.artifacts import default_root
+
+    return default_root() / "_decoded" / file_hash[:32]
+
+
+def _decoded_cache_get(s: DatasetSpec, fname: str, file_hash: str):
+    if s.sha256.get(fname) != file_hash or fname not in s.content_sha256:
+        return None
+    folder = _decoded_dir(file_hash)
+    try:
+        x, y = np.load(folder / "x.npy"), np.load(folder / "y.npy")
+    except (OSError, ValueError):
+        return None
+    if content_sha256(x, y) != s.content_sha256[fname]:
+        log.warning("decoded cache %s does not match the manifest; ignoring it", folder)
+        return None
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _decoded_cache_put(s: DatasetSpec, fname: str, file_hash: str, x: np.ndarray, y: np.ndarray) -> None:
+    import tempfile
+
+    folder = _decoded_dir(file_hash)
+    if (folder / "y.npy").is_file():
+        return
+    tmp = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+        np.save(tmp / "x.npy", x)
+        np.save(tmp / "y.npy", y)
+        os.rename(tmp, folder)
+    except OSError:  # read-only or full disk, or another process won the race: the cache is optional
+        import shutil
+
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_numpy(name: str, split: str, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

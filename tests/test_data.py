@@ -171,3 +171,19 @@ def test_subset_is_seeded_and_sorted():
     s = data.synthetic("uniform", 50, (1, 2, 2))
     a, b = s.subset(10, seed=3), s.subset(10, seed=3)
     assert torch.equal(a.x, b.x) and len(a) == 10
+
+
+@needs_mirror
+def test_decoded_cache_is_reused_and_a_tampered_cache_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("OOD_ARTIFACTS", str(tmp_path))
+    data._read_file.cache_clear()
+    x1, y1 = data.load_numpy("mnist", "test")
+    cached = list((tmp_path / "_decoded").glob("*/x.npy"))
+    assert len(cached) == 1
+    bad = np.load(cached[0]).copy()
+    bad[0, 0, 0, 0] ^= 1
+    np.save(cached[0], bad)
+    data._read_file.cache_clear()
+    x2, _ = data.load_numpy("mnist", "test")  # the tampered cache fails its content hash: re-decoded
+    assert np.array_equal(x1, x2)
+    data._read_file.cache_clear()
