@@ -63,7 +63,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Sampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
 __all__ = [
     "CHECKPOINT_NAME",
