@@ -107,18 +107,26 @@ def _local_mask(x: Tensor, percentile: float) -> tuple[Tensor, Tensor, int]:
     return flat, _top_k_mask(flat, k), k
 
 
+#: Cap on the exponent ``s1 / s2`` of ASH-S. With a *global* threshold (or extreme inputs) only a
+#: sliver of a sample's activation mass can survive, ``s1 / s2`` reaches the hundreds and
+#: ``exp`` overflows to ``inf`` in float32 (seen on MNIST under a CIFAR-10 ResNet-18), which turns
+#: the energy into NaN. ``exp(60) ~ 1e26`` keeps logits finite in float32; at the paper's local
+#: percentiles ``s1 / s2 <= n / k`` (20 at p = 95) and the cap never binds.
+MAX_LOG_SCALE = 60.0
+
+
 def _exp_ratio_scale(flat: Tensor, pruned: Tensor) -> Tensor:
-    """Per-sample ``exp(s1 / s2)`` shaped ``[B, 1]``, with the factor set to 1 where ``s2 == 0``.
+    """Per-sample ``exp(min(s1 / s2, MAX_LOG_SCALE))`` shaped ``[B, 1]``; factor 1 where ``s2 == 0``.
 
     ``s2 == 0`` happens when nothing is kept (p = 100) or every kept entry is zero. The formula
     would give ``0 * exp(+-inf)`` = NaN there; we return the pruned tensor unscaled instead, which
-    for non-negative (post-ReLU) activations is the all-zero vector.
+    for non-negative (post-ReLU) activations is the all-zero vector. See :data:`MAX_LOG_SCALE`.
     """
     s1 = flat.sum(dim=1, keepdim=True)
     s2 = pruned.sum(dim=1, keepdim=True)
     empty = s2 == 0
     ratio = torch.where(empty, torch.zeros_like(s1), s1 / torch.where(empty, torch.ones_like(s2), s2))
-    return torch.exp(ratio)
+    return torch.exp(ratio.clamp(max=MAX_LOG_SCALE))
 
 
 def ash_p(x: Tensor, percentile: float) -> Tensor:

@@ -20,6 +20,7 @@ ends in ``_`` and scoring before fitting raises :class:`sklearn.exceptions.NotFi
 
 from __future__ import annotations
 
+import os
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -190,7 +191,7 @@ def odin(
     scores = []
     try:
         starts = range(0, images.shape[0], batch_size)
-        for start in tqdm(starts, desc="ODIN", leave=False, disable=len(starts) == 1):
+        for start in tqdm(starts, desc="ODIN", leave=False, disable=len(starts) == 1 or bool(os.environ.get("TQDM_DISABLE"))):
             batch = _to_unit_float(images[start : start + batch_size]).to(device)
             if epsilon != 0:
                 with torch.enable_grad():
@@ -441,7 +442,7 @@ def compute_logits_and_features(
     try:
         with torch.no_grad():
             starts = range(0, images.shape[0], batch_size)
-            for start in tqdm(starts, desc="features", leave=False, disable=len(starts) == 1):
+            for start in tqdm(starts, desc="features", leave=False, disable=len(starts) == 1 or bool(os.environ.get("TQDM_DISABLE"))):
                 batch = _to_unit_float(images[start : start + batch_size]).to(device)
                 f = classifier.features(batch, shaping=shaping)
                 features.append(f.float().cpu())

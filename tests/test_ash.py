@@ -230,3 +230,15 @@ def test_gradients_flow_through_kept_entries(feats):
     ash_p(x, 70).sum().backward()
     assert x.grad.sum().item() == 6.0  # 3 kept per sample, 2 samples
     assert ash.__doc__ and "percent" in ash.__doc__
+
+
+def test_ash_s_scale_is_capped_so_extreme_samples_stay_finite():
+    """Much pruned mass and a sliver kept: s1/s2 = 901 would overflow exp() to inf in float32."""
+    x = torch.tensor([[0.9] * 1000 + [1.0]])
+    y = ash.ash_s_global(x, threshold=0.95)
+    assert torch.isfinite(y).all()
+    assert y[0, -1].item() == pytest.approx(math.exp(ash.MAX_LOG_SCALE), rel=1e-5)
+    assert (y[0, :-1] == 0).all()
+    # below the cap the paper's formula is untouched
+    x2 = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert torch.allclose(ash.ash_s(x2, 50), torch.tensor([[0.0, 0.0, 3.0, 4.0]]) * math.exp(10 / 7))
