@@ -107,8 +107,19 @@ for ds in ("cifar10", "fashion_mnist"):
         continue
     m = paper["meta"]
     display(Markdown(f"**paper profile: {paper_run.label}** — trained on {m['hardware'].get('gpu', 'CPU')}, "
-                     f"{m['steps']} steps, {m['wall_time_s'] / 60:.1f} min, {m['created']}."))
-    display(paper["tables"]["summary"].set_index("method").round(2))
+                     f"{m['steps']} steps, {m['wall_time_s'] / 60:.1f} min, {m['created']}; all test images."))
+    summary_paper = paper["tables"]["summary"].set_index("method")
+    display(summary_paper.round(2))
+    grid = paper["tables"]["benchmark"].pivot_table(index="method", columns="ood", values="AUROC", sort=False)
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.45 * grid.shape[0] + 1.5))
+    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "AUROC (%)"})
+    ax.set_title(f"paper profile: AUROC per OOD set — {paper_run.label}")
+    plt.show()
+    ash_rows = summary_paper.loc[[r for r in summary_paper.index if r.startswith("ASH-S@")]]
+    display(Markdown(
+        f"ID accuracy {summary_paper.loc['energy', 'ID accuracy (%)']:.2f} % unpruned. Energy: FPR95 "
+        f"{summary_paper.loc['energy', 'FPR95']:.2f} % / AUROC {summary_paper.loc['energy', 'AUROC']:.2f} %; "
+        + "; ".join(f"{k}: {r['FPR95']:.2f} % / {r['AUROC']:.2f} %" for k, r in ash_rows.iterrows()) + "."))
 
 # %% [markdown]
 # ## Summary
@@ -117,3 +128,8 @@ for ds in ("cifar10", "fashion_mnist"):
 #   accuracy each method leaves the classifier with (only ASH, ReAct and DICE change it).
 # * The paper's OOD suite is mostly unavailable offline; our ranking of methods is on the sets we
 #   have (partial Textures, MNIST/FashionMNIST as 32×32×3, synthetic sets).
+# * On our paper-profile ResNet-18 (94.6 % accuracy) ASH-S@95 does not reproduce: it ranks every
+#   OOD set we have *above* CIFAR-10 (AUROC far below 50 %), while ID accuracy is preserved as the
+#   paper says. The next chapter's percentile sweep shows where it turns: ASH-S is on par with
+#   energy up to p ≈ 50 and degrades beyond. The rescaling $\exp(s_1/s_2)$ rewards samples whose
+#   activation mass is spread over many units; on this network OOD inputs are the spread ones.
