@@ -40,7 +40,7 @@ from ood_core import data, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
-sns.set_theme(style="whitegrid", context="notebook")
+plots.setup()
 print(f"profile {P.name}: {P.description}; mirror: {data.data_root()}")
 
 # %% [markdown]

@@ -31,7 +31,6 @@ device: str = "cpu"  # torch device for training and scoring
 
 # %%
 import matplotlib.pyplot as plt
-import seaborn as sns
 from IPython.display import Markdown, display
 
 from ood_core import glow_study as gs, plots
@@ -39,7 +38,7 @@ from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 run = P.glow.runs["fashion_mnist"]
-sns.set_theme(style="whitegrid")
+plots.setup()
 print(run.label, "|", P.description)
 
 # %%

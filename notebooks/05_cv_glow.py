@@ -31,14 +31,13 @@ device: str = "cpu"  # torch device for training and scoring
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from IPython.display import Markdown, display
 
 from ood_core import glow_study as gs, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
-sns.set_theme(style="whitegrid")
+plots.setup()
 cv = {ds: gs.evaluate(P.glow.runs[ds].with_coupling("additive"), P.glow.n_eval, P.glow.ood[ds], seed=seed,
                       device=device) for ds in ("fashion_mnist", "cifar10")}
 affine = {ds: gs.evaluate(P.glow.runs[ds], P.glow.n_eval, P.glow.ood[ds], seed=seed, device=device)

@@ -29,11 +29,11 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import glow_study as gs
+from ood_core import glow_study as gs, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
-sns.set_theme(style="whitegrid")
+plots.setup()
 runs = [P.glow.runs[ds].with_coupling(c) for ds in ("fashion_mnist", "cifar10") for c in ("affine", "additive")]
 trained = [gs.train_glow(r, device=device) for r in runs]
 

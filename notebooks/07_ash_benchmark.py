@@ -36,12 +36,12 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, glow_study as gs
+from ood_core import classifier_study as cs, glow_study as gs, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 C = P.classifier
-sns.set_theme(style="whitegrid")
+plots.setup()
 evals = {ds: cs.evaluate(C.runs[ds], C.n_eval, C.n_fit, C.ood[ds], seed=seed, device=device) for ds in C.runs}
 for ds, ev in evals.items():
     m = ev.trained.meta

@@ -30,12 +30,12 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs
+from ood_core import classifier_study as cs, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 C = P.classifier
-sns.set_theme(style="whitegrid")
+plots.setup()
 ev = cs.evaluate(C.runs["cifar10"], C.n_eval, C.n_fit, C.ood["cifar10"], seed=seed, device=device)
 print(ev.trained.run.label, "| OOD sets:", ", ".join(ev.names.values()))
 

@@ -47,3 +47,14 @@ def score_histograms(scores: dict[str, np.ndarray], xlabel: str, ax: plt.Axes | 
                  alpha=0.25, bins=60, ax=ax)
     ax.set_title(title)
     return ax
+
+
+def setup() -> None:
+    """House look for the book: seaborn's whitegrid theme and plain 3-decimal floats in tables.
+
+    Fixed-point floats keep tables legible when a few values are astronomically large (a flow's
+    bits/dim on uniform noise can reach 1e12; scientific notation would then hide every other row).
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    pd.set_option("display.float_format", "{:,.3f}".format)
+    pd.set_option("display.width", 160)
