@@ -26,11 +26,13 @@ device: str = "cpu"  # torch device for training and feature extraction
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, plots
+from ood_core import ash, classifier_study as cs, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -57,6 +59,23 @@ base_acc = sweep.query("shaper == 'ASH-P' and percentile == 0")["ID accuracy (%)
 within = sweep[(sweep["ID accuracy (%)"] >= base_acc - 1)].groupby("shaper")["percentile"].max()
 display(Markdown(f"Unpruned ID accuracy {base_acc:.2f} %. Largest $p$ in the grid that keeps accuracy within "
                  "1 point: " + ", ".join(f"{k} {v:g}" for k, v in within.items()) + "."))
+
+# %% [markdown]
+# ### Why ASH-S can invert: the rescaling exponent $s_1/s_2$
+#
+# ASH-S multiplies the kept activations by $\exp(s_1/s_2)$, so the energy of a sample grows with
+# how much of its activation mass the pruning removed. If OOD inputs spread their mass over more
+# units than ID inputs, ASH-S *raises* their score. The distributions of $s_1/s_2$ at $p=95$:
+
+# %%
+exponents = {"ID test": ash.ash_s_exponent(torch.from_numpy(ev.id_feats["features"]), 95).numpy()}
+exponents.update({ev.names[k]: ash.ash_s_exponent(torch.from_numpy(v["features"]), 95).numpy()
+                  for k, v in ev.ood_feats.items()})
+fig, ax = plt.subplots(figsize=(8, 3.8))
+plots.score_histograms(exponents, "s1 / s2 at p = 95", ax=ax)
+plt.show()
+med = pd.Series({k: float(np.nanmedian(v)) for k, v in exponents.items()}).sort_values()
+display(med.to_frame("median s1/s2").T.round(2))
 
 # %% [markdown]
 # ## Local (per-sample) vs global threshold

@@ -129,6 +129,19 @@ def _exp_ratio_scale(flat: Tensor, pruned: Tensor) -> Tensor:
     return torch.exp(ratio.clamp(max=MAX_LOG_SCALE))
 
 
+def ash_s_exponent(x: Tensor, percentile: float) -> Tensor:
+    """The per-sample exponent ``s1 / s2`` of ASH-S (before the cap), shaped ``[B]``.
+
+    ``s1``: sum of the activations; ``s2``: sum of the kept top-k. Large when a sample's mass is
+    spread over many units (pruning removes much of it), close to 1 when it is concentrated. NaN
+    where ``s2 == 0``. Used to explain when ASH-S helps: it raises the energy of spread samples.
+    """
+    flat, mask, _ = _local_mask(x, percentile)
+    s1 = flat.sum(dim=1)
+    s2 = torch.where(mask, flat, torch.zeros_like(flat)).sum(dim=1)
+    return s1 / torch.where(s2 == 0, torch.full_like(s2, float("nan")), s2)
+
+
 def ash_p(x: Tensor, percentile: float) -> Tensor:
     """ASH-P: per sample keep the ``k = n - round(n p / 100)`` largest entries, zero the rest.
 

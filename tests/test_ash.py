@@ -242,3 +242,11 @@ def test_ash_s_scale_is_capped_so_extreme_samples_stay_finite():
     # below the cap the paper's formula is untouched
     x2 = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     assert torch.allclose(ash.ash_s(x2, 50), torch.tensor([[0.0, 0.0, 3.0, 4.0]]) * math.exp(10 / 7))
+
+
+def test_ash_s_exponent_matches_the_scale_used_by_ash_s():
+    x = torch.rand(5, 40)
+    e = ash.ash_s_exponent(x, 90)
+    pruned = ash.ash_p(x, 90)
+    assert torch.allclose(ash.ash_s(x, 90), pruned * torch.exp(e)[:, None])
+    assert torch.allclose(e, x.sum(1) / pruned.sum(1))
