@@ -61,6 +61,7 @@ class GlowRun:
     n_curve: int = 500  # examples per set evaluated along training
     curve_sets: tuple[str, ...] = ("mnist",)  # OOD sets tracked along training
     eval_batch: int = 256
+    perturb: float = 0.0  # Ren et al.'s background model: train on inputs with this pixel-replacement rate
 
     def with_coupling(self, coupling: str) -> "GlowRun":
         return dataclasses.replace(self, coupling=coupling)
@@ -70,16 +71,24 @@ class GlowRun:
         return GlowConfig(image_shape=data.spec(self.dataset).shape, levels=self.levels, steps=self.steps,
                           width=self.width, coupling=self.coupling)
 
+    def background(self, rate: float, steps: int | None = None, width: int | None = None) -> "GlowRun":
+        """The background model of the likelihood ratio (Ren et al. 2019): the same Glow (or a
+        smaller one) trained on inputs whose pixels are replaced at ``rate``."""
+        return dataclasses.replace(self, perturb=rate, steps=steps or self.steps, width=width or self.width)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["train"] = self.train.to_dict()
         d["model"] = self.model_config.to_dict()
+        if not self.perturb:  # keeps the keys of runs made before the field existed
+            d.pop("perturb")
         return d
 
     @property
     def label(self) -> str:
         name = "CV-Glow" if self.coupling == "additive" else "Glow"
-        return f"{name} L={self.levels} K={self.steps} w={self.width} on {data.spec(self.dataset).title}"
+        what = f" (background, μ={self.perturb:g})" if self.perturb else ""
+        return f"{name} L={self.levels} K={self.steps} w={self.width} on {data.spec(self.dataset).title}{what}"
 
 
 @dataclass
@@ -103,6 +112,15 @@ def _curve_sets(run: GlowRun) -> dict[str, torch.Tensor]:
 
 def _dequantize_batch(batch, generator):
     return (likelihood.preprocess(batch[0], generator=generator),)
+
+
+def _perturb_and_dequantize(rate: float):
+    from ood_core.generative_scores import perturb_pixels
+
+    def transform(batch, generator):
+        return (likelihood.preprocess(perturb_pixels(batch[0], rate, generator), generator=generator),)
+
+    return transform
 
 
 def _nll_bpd(model, batch):
@@ -133,7 +151,8 @@ def train_glow(run: GlowRun, store: ArtifactStore | None = None, device: str | t
         model.to(device)
         t0 = time.time()
         result = train(model, _nll_bpd, TensorDataset(train_set.x), run.train, store.workdir("glow", cfg),
-                       evaluators=evaluators, batch_transform=_dequantize_batch, init_fn=_init_actnorm,
+                       evaluators=evaluators, init_fn=_init_actnorm,
+                       batch_transform=_perturb_and_dequantize(run.perturb) if run.perturb else _dequantize_batch,
                        device=device, progress=progress and not os.environ.get("TQDM_DISABLE"))
         meta = {"wall_time_s": time.time() - t0, "steps": result.steps, "n_train": len(train_set),
                 "label": run.label}

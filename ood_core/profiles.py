@@ -55,12 +55,25 @@ class ClassifierSettings:
 
 
 @dataclass(frozen=True)
+class UnifiedSettings:
+    """The unified benchmark: likelihood-ratio background models, bootstrap, typicality batch sizes."""
+
+    background_rate: float  # Ren et al.'s pixel-replacement rate mu for the background Glow
+    background_steps: int  # K of the background Glow (same L; it may be smaller than the model)
+    background_width: int
+    n_boot: int  # bootstrap replicates per AUROC interval
+    batch_sizes: tuple  # typicality-test batch sizes M
+    codecs: tuple  # lossless codecs for input complexity
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
     data: DataSettings
     glow: GlowSettings
     classifier: ClassifierSettings
+    unified: UnifiedSettings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,6 +123,8 @@ PROFILES: dict[str, Profile] = {
                                                                  eval_every=4, **_CLS_OPT)),
             },
             n_eval=64, n_fit=256, ood=_ASH_OOD, percentiles=(0, 50, 90), ablation_percentiles=(50, 90)),
+        unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, n_boot=20,
+                                batch_sizes=(1, 4, 16), codecs=("png", "lzma")),
     ),
     "cpu": Profile(
         name="cpu",
@@ -140,6 +155,9 @@ PROFILES: dict[str, Profile] = {
                                                                  eval_every=0, checkpoint_every=200, **_CLS_OPT)),
             },
             n_eval=2000, n_fit=10000, ood=_ASH_OOD, percentiles=_SWEEP, ablation_percentiles=(60, 70, 80, 90, 95)),
+        # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
+        unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, n_boot=200,
+                                batch_sizes=(1, 2, 5, 10, 25, 50), codecs=("png", "lzma")),
     ),
     "paper": Profile(
         name="paper",
@@ -172,6 +190,8 @@ PROFILES: dict[str, Profile] = {
                                                                  **_CLS_OPT)),
             },
             n_eval=None, n_fit=50000, ood=_ASH_OOD, percentiles=_SWEEP, ablation_percentiles=(60, 70, 80, 90, 95)),
+        unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, n_boot=1000,
+                                batch_sizes=(1, 2, 5, 10, 25, 50, 100), codecs=("png", "webp", "lzma")),
     ),
 }
 
