@@ -428,3 +428,21 @@ def published(run: ClassifierRun) -> dict | None:
     tables = {p.stem: pd.read_csv(io.StringIO(p.read_text())) for p in folder.glob("*.csv")}
     return {"tables": tables, "history": pd.read_json(io.StringIO((folder / "history.json").read_text())),
             "meta": store.load_meta("classifier_results", cfg)}
+
+
+def evaluate_model(model: torch.nn.Module, fit_set: data.ImageSet, id_set: data.ImageSet,
+                   ood_sets: dict[str, data.ImageSet], seed: int = 0, react_percentile: float = 90,
+                   dice_percentile: float = 90, batch_size: int = 512) -> ClassifierEvaluation:
+    """Bring your own classifier: any module with ``features``/``head``/``fc`` (see
+    :mod:`ood_core.classifiers`, e.g. ``TorchvisionClassifier`` with your weights) and your own
+    image sets, scored by every post-hoc method with the book's metric code. Nothing is cached."""
+    model.eval()
+    trained = TrainedClassifier(run=None, model=model, history=pd.DataFrame(), meta={})
+
+    def feats(s):
+        f, logits = scores.compute_logits_and_features(model, s.x, batch_size=batch_size)
+        return {"features": f.numpy(), "logits": logits.numpy(), "y": s.y.numpy()}
+
+    suite = PostHocSuite(trained, feats(fit_set), react_percentile, dice_percentile, seed=seed)
+    return ClassifierEvaluation(trained, suite, id_set, ood_sets, {}, feats(id_set),
+                                {k: feats(s) for k, s in ood_sets.items()})

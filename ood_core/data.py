@@ -512,3 +512,45 @@ def download_with_torchvision(name: str, root: Path, tmp: Path | None = None) ->
             np.savez_compressed(path, x=data[idx].astype(np.uint8), y=labels[idx])
             out.append(path)
     return out
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def images_from_folder(folder: Path | str, shape: tuple[int, int, int] = (3, 32, 32), name: str | None = None,
+                       limit: int | None = None) -> ImageSet:
+    """Read every image file under ``folder`` (sorted, recursive) into an :class:`ImageSet`.
+
+    The path for a reader's own OOD data. Each image is converted to RGB or L as ``shape[0]``
+    asks, resized so its shorter side is ``shape[1]`` (bilinear, antialiased) and centre-cropped to
+    ``shape[1:]`` -- the ``Resize + CenterCrop`` test transform the ASH/DICE code applies to the
+    CIFAR OOD sets. Pixel values stay uint8; labels are -1.
+    """
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    files = files[:limit] if limit else files
+    c, h, w = shape
+    out = torch.empty((len(files), c, h, w), dtype=torch.uint8)
+    for i, f in enumerate(files):
+        with Image.open(f) as im:
+            t = TF.pil_to_tensor(im.convert("RGB" if c == 3 else "L"))
+        t = TF.center_crop(TF.resize(t, min(h, w), antialias=True), [h, w])
+        out[i] = t
+    return ImageSet(out, torch.full((len(files),), -1, dtype=torch.int64), name or folder.name)
+
+
+def save_folder(images: ImageSet, folder: Path | str) -> Path:
+    """Write an :class:`ImageSet` as numbered PNG files (lossless) -- e.g. to try the folder path."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(images.x):
+        arr = x.permute(1, 2, 0).numpy()
+        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(folder / f"{i:06d}.png")
+    return folder
