@@ -65,8 +65,6 @@
 profile: str = "cpu"  # scale profile: "smoke" (seconds), "cpu" (default), "paper" (GPU scale)
 seed: int = 0  # seed for evaluation subsets, dequantisation noise and Hutchinson probes
 device: str = "cpu"  # torch device for training and scoring
-n_probes: int = 64  # Rademacher probes of the Hutchinson trace estimates (shared by all pairs of a model)
-n_taylor: int = 32  # images per set for the full-covariance Taylor check (one Hessian-vector product each)
 
 # %%
 import matplotlib.pyplot as plt
@@ -76,11 +74,13 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from ood_core import analysis as an, data, glow_study as gs, plots
+from ood_core import analysis as an, data, glow_study as gs, ledger, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 plots.setup()
+n_probes = P.analysis.n_probes  # Rademacher probes of the Hutchinson trace estimates (shared by all pairs of a model)
+n_taylor = P.analysis.n_taylor  # images per set for the full-covariance Taylor check (one Hessian-vector product each)
 DATASETS = ("fashion_mnist", "cifar10")
 COUPLINGS = {"additive": "CV-Glow", "affine": "Glow"}
 evals = {(ds, coupling): gs.evaluate(P.glow.runs[ds].with_coupling(coupling), P.glow.n_eval, P.glow.ood[ds],
@@ -252,6 +252,10 @@ display(Markdown(
     f"{pair_text}. Correlation of the closed-form and the network's per-channel curvature: " +
     ", ".join(f"{m} {v:.2f}" for m, v in curv_corr.items()) +
     ". SVHN, the paper's showcase pair, is absent from the mirror, so its Fig. 5 is not reproduced directly."))
+ledger.record("second_order", P.name, seed, "Nalisnick et al.",
+              "the second-order (curvature × variance) expansion predicts the gap",
+              f"signs right: closed form {closed_ok}/{n_cv}, eq. (5) diag. Σ "
+              f"{counts['eq. (5), diag. Σ: 1st + 2nd'][0]}/{n_all}, full-covariance Taylor {taylor_ok}/{n_all}", status)
 
 # %% [markdown]
 # ## Summary

@@ -142,3 +142,42 @@ def ledger_table(rows: list[dict]) -> pd.DataFrame:
 
 def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
     return table.pivot_table(index="paper", columns="verdict", values="claim", aggfunc="count", fill_value=0)
+
+
+# ------------------------------------------------------------------ verdicts made by other chapters
+
+def record(claim_id: str, profile: str, seed: int, paper: str, claim: str, evidence: str, status: str,
+           store=None) -> None:
+    """Save a verdict a chapter computed (e.g. the second-order analysis) for the ledger to read.
+
+    ``status`` may be "reproduced", "partly reproduced" / "partly", "not reproduced" / "not".
+    """
+    import json
+
+    from ood_core.artifacts import ArtifactStore
+
+    short = {"partly reproduced": "partly", "not reproduced": "not"}.get(status, status)
+    if short not in ("reproduced", "partly", "not"):
+        raise ValueError(f"unknown verdict {status!r}")
+    row = _row(paper, claim, evidence, short, f"{profile} profile")
+    store = store or ArtifactStore()
+    cfg = {"claim": claim_id, "profile": profile, "seed": seed}
+    path = store.path("ledger", cfg)
+    if path.exists():  # a rerun of the chapter replaces its verdict
+        import shutil
+
+        shutil.rmtree(path)
+    store.save("ledger", cfg, files={"row.json": json.dumps(row)})
+
+
+def recorded(claim_id: str, profile: str, seed: int, paper: str, claim: str, chapter: str, store=None) -> dict:
+    """The verdict a chapter recorded with :func:`record`, or a "not testable" row naming the chapter."""
+    import json
+
+    from ood_core.artifacts import ArtifactStore
+
+    store = store or ArtifactStore()
+    cfg = {"claim": claim_id, "profile": profile, "seed": seed}
+    if not store.exists("ledger", cfg):
+        return not_run(paper, claim, f"the chapter '{chapter}' has not been run for this profile")
+    return json.loads(store.read_text("ledger", cfg, "row.json"))

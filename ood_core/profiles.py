@@ -67,6 +67,16 @@ class UnifiedSettings:
 
 
 @dataclass(frozen=True)
+class AnalysisSettings:
+    """The second-order and graying chapters (cost knobs of the Hessian-vector products)."""
+
+    n_probes: int  # Rademacher probes per Hutchinson trace estimate
+    n_taylor: int  # images per set in the full-covariance Taylor check (one HVP each)
+    n_gray: int  # CIFAR-10 test images blended per alpha
+    alphas: tuple  # blending weights toward gray; the first must be 0
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -74,6 +84,7 @@ class Profile:
     glow: GlowSettings
     classifier: ClassifierSettings
     unified: UnifiedSettings
+    analysis: AnalysisSettings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,6 +136,7 @@ PROFILES: dict[str, Profile] = {
             n_eval=64, n_fit=256, ood=_ASH_OOD, percentiles=(0, 50, 90), ablation_percentiles=(50, 90)),
         unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, n_boot=20,
                                 batch_sizes=(1, 4, 16), codecs=("png", "lzma")),
+        analysis=AnalysisSettings(n_probes=4, n_taylor=4, n_gray=32, alphas=(0.0, 0.5, 1.0)),
     ),
     "cpu": Profile(
         name="cpu",
@@ -158,6 +170,7 @@ PROFILES: dict[str, Profile] = {
         # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
         unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, n_boot=200,
                                 batch_sizes=(1, 2, 5, 10, 25, 50), codecs=("png", "lzma")),
+        analysis=AnalysisSettings(n_probes=48, n_taylor=32, n_gray=400, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
     ),
     "paper": Profile(
         name="paper",
@@ -192,6 +205,7 @@ PROFILES: dict[str, Profile] = {
             n_eval=None, n_fit=50000, ood=_ASH_OOD, percentiles=_SWEEP, ablation_percentiles=(60, 70, 80, 90, 95)),
         unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100), codecs=("png", "webp", "lzma")),
+        analysis=AnalysisSettings(n_probes=256, n_taylor=128, n_gray=2000, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
     ),
 }
 
