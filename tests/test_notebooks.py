@@ -45,5 +45,6 @@ def test_smoke_book_builds_with_every_chapter_and_its_figures(tmp_path, tmp_arti
         assert page.is_file(), f"{page} missing"
         text = page.read_text()
         assert "Traceback" not in text, f"{f}: a cell raised"
-        assert len(re.findall(r"<img [^>]*src=\"\.\./_images/", text)) >= 1, f"{f}: no figure"
+        if f.startswith("chapters/"):
+            assert len(re.findall(r"<img [^>]*src=\"\.\./_images/", text)) >= 1, f"{f}: no figure"
     assert "The data" in (html / "chapters" / "01_data.html").read_text()

@@ -25,7 +25,7 @@ import papermill
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-STATIC = ["_config.yml", "_toc.yml", "intro.md", "references.bib"]
+STATIC = ["_config.yml", "_toc.yml", "intro.md", "deviations.md", "references.bib"]
 
 
 def chapter_notebooks() -> list[Path]:
