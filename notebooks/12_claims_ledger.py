@@ -25,8 +25,10 @@ seed: int = 0  # seed of the evaluation subsets (must match the earlier chapters
 device: str = "cpu"  # torch device (nothing is trained here unless the cache is empty)
 
 # %%
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from IPython.display import Markdown, display
 
 from ood_core import classifier_study as cs, data, glow_study as gs, ledger, plots
@@ -108,6 +110,12 @@ with pd.option_context("display.max_colwidth", 200):
 
 # %%
 display(ledger.verdict_counts(table))
+fig, ax = plt.subplots(figsize=(8, 2.8))
+sns.countplot(table, y="paper", hue="verdict", hue_order=["reproduced", "partly", "not", ledger.NOT_TESTABLE],
+              palette=["#2a9d8f", "#e9c46a", "#e76f51", "#adb5bd"], ax=ax)
+ax.set_xlabel("claims")
+ax.set_ylabel("")
+plt.show()
 
 # %% [markdown]
 # ## Summary
