@@ -37,6 +37,7 @@ folder: str = ""  # a folder of your own images; empty = write an example folder
 # %%
 import tempfile
 
+import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from ood_core import classifier_study as cs, data, glow_study as gs, plots
@@ -50,6 +51,8 @@ source = folder or str(data.save_folder(data.load("textures", "test").subset(n_i
 mine = data.images_from_folder(source, shape=(3, 32, 32), name="my folder")
 display(Markdown(f"Read {len(mine)} images from `{source}` "
                  f"({'your folder' if folder else 'example: partial Textures written as PNG files'})."))
+fig = plots.grids({"my folder (first 32)": mine.x[:32]}, ncols=1)
+plt.show()
 
 # %% [markdown]
 # ## With the book's CIFAR-10 classifier and Glow
@@ -70,6 +73,10 @@ glow = gs.train_glow(P.glow.runs["cifar10"], device=device)  # from the cache
 bpd = gs.score_sets(glow, {"ID test": id_set, "mine": mine})
 display(Markdown(f"Glow bits/dim: CIFAR-10 test {bpd['ID test']['bpd'].mean():.3f}, "
                  f"my folder {bpd['mine']['bpd'].mean():.3f}."))
+fig, ax = plt.subplots(figsize=(7, 3.5))
+plots.score_histograms({"CIFAR-10 test": bpd["ID test"]["bpd"], "my folder": bpd["mine"]["bpd"]}, "bits/dim", ax=ax,
+                       title=glow.run.label)
+plt.show()
 
 # %% [markdown]
 # ## With a torchvision classifier
