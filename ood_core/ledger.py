@@ -100,7 +100,8 @@ def accuracy_preserved(sweep: pd.DataFrame, source: str, p: float = 90, shapers=
 
     Reproduced if every listed shaper is within 1 point at p; partly if within 2 points.
     """
-    base = sweep.query("percentile == 0")["ID accuracy (%)"].max()
+    unpruned = sweep.query("percentile == 0 and shaper == 'ASH-P'")  # ASH-P at p = 0 is the identity
+    base = (unpruned if len(unpruned) else sweep.query("percentile == 0"))["ID accuracy (%)"].iloc[0]
     at = sweep[(sweep["percentile"] == p) & sweep["shaper"].isin(shapers)].set_index("shaper")["ID accuracy (%)"]
     drop = base - at
     return _row("Djurisic et al.", f"ID accuracy preserved up to p = {p:g}",

@@ -32,9 +32,10 @@ def test_ash_rules():
     assert ledger.ash_rand_works(summ, "ASH-RAND@90", "s")["verdict"] == "reproduced"
     where = pd.DataFrame({"stage": ["layer3", "penultimate"], "AUROC": [91.0, 90.0]})
     assert ledger.penultimate_best(where, "s")["verdict"] == "partly"
-    sweep = pd.DataFrame({"shaper": ["ASH-S", "ASH-S", "ASH-B", "ASH-B"], "percentile": [0, 90, 0, 90],
-                          "ID accuracy (%)": [94.0, 93.5, 94.0, 91.5]})
+    sweep = pd.DataFrame({"shaper": ["ASH-P", "ASH-S", "ASH-S", "ASH-B", "ASH-B"], "percentile": [0, 0, 90, 0, 90],
+                          "ID accuracy (%)": [94.0, 94.3, 93.5, 94.3, 91.5]})
     assert ledger.accuracy_preserved(sweep, "s")["verdict"] == "not"
+    assert "unpruned 94.00 %" in ledger.accuracy_preserved(sweep, "s")["our evidence"]
     lg = pd.DataFrame({"shaper": ["ASH-S"] * 4, "percentile": [80, 80, 90, 90],
                        "threshold": ["local (per sample)", "global (from ID train)"] * 2, "AUROC": [90, 85, 80, 85]})
     assert ledger.local_beats_global(lg, "s")["verdict"] == "partly"
