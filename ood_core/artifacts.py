@@ -87,6 +87,22 @@ def hardware() -> dict:
     return info
 
 
+def content_digest(x: torch.Tensor, length: int = 16) -> str:
+    """Hex sha256 of a CPU tensor's bytes (its first ``length`` digits): part of the keys of scores."""
+    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:length]
+
+
+def is_main_process() -> bool:
+    """True outside ``torch.distributed`` and on rank 0 under it: the one process that writes."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def wait_for_main_process() -> None:
+    """Barrier under ``torch.distributed`` (the other ranks wait for rank 0's write); no-op otherwise."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 class ArtifactStore:
     """Content-addressed artifacts under ``root``: ``<kind>/<config_key(config)>/``."""
 

@@ -13,7 +13,6 @@ Every score here is "higher = more in-distribution"; every metric comes from
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from ood_core import ash, data, metrics, scores
-from ood_core.artifacts import ArtifactStore, results_root
+from ood_core.artifacts import ArtifactStore, content_digest, is_main_process, results_root, wait_for_main_process
 from ood_core.classifiers import ClassifierConfig, build_classifier
 from ood_core.train import TrainConfig, train
 
@@ -118,33 +117,20 @@ def train_classifier(run: ClassifierRun, store: ArtifactStore | None = None, dev
                        evaluators={"test accuracy (%)": lambda m: _accuracy(m, te.x, te.y)},
                        batch_transform=transform, device=device, progress=progress and not os.environ.get("TQDM_DISABLE"))
         meta = {"wall_time_s": time.time() - t0, "steps": result.steps, "n_train": len(tr), "label": run.label}
-        if _rank() == 0:  # under torchrun only rank 0 writes; the others wait and then load it
+        if is_main_process():  # under torchrun only rank 0 writes; the others wait and then load it
             store.save("classifier", cfg, state_dict={k: v.cpu() for k, v in model.state_dict().items()}, meta=meta,
                        files={"history.json": json.dumps(result.history)})
-        _barrier()
+        wait_for_main_process()
     model.load_state_dict(store.load_state_dict("classifier", cfg))
     model.to(device).eval()
     history = pd.DataFrame(json.loads(store.read_text("classifier", cfg, "history.json")))
     return TrainedClassifier(run, model, history, store.load_meta("classifier", cfg))
 
 
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _digest(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 def features(trained: TrainedClassifier, s: data.ImageSet, store: ArtifactStore | None = None) -> dict[str, np.ndarray]:
     """Cached penultimate ``features [N, D]``, ``logits [N, K]`` and labels of one image set."""
     store = store or ArtifactStore()
-    cfg = {"run": trained.run.to_dict(), "set": s.name, "content": _digest(s.x)}
+    cfg = {"run": trained.run.to_dict(), "set": s.name, "content": content_digest(s.x)}
 
     def compute():
         f, logits = scores.compute_logits_and_features(trained.model, s.x, batch_size=trained.run.eval_batch)

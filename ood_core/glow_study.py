@@ -15,7 +15,6 @@ Nalisnick et al.'s FashionMNIST numbers are on 28x28x1 as well.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import logging
@@ -28,7 +27,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ood_core import data, likelihood, metrics
-from ood_core.artifacts import ArtifactStore, results_root
+from ood_core.artifacts import ArtifactStore, content_digest, is_main_process, results_root, wait_for_main_process
 from ood_core.flows import Glow, GlowConfig, initialize_actnorm
 from ood_core.train import TrainConfig, train
 
@@ -156,27 +155,14 @@ def train_glow(run: GlowRun, store: ArtifactStore | None = None, device: str | t
                        device=device, progress=progress and not os.environ.get("TQDM_DISABLE"))
         meta = {"wall_time_s": time.time() - t0, "steps": result.steps, "n_train": len(train_set),
                 "label": run.label}
-        if _rank() == 0:  # under torchrun only rank 0 writes; the others wait and then load it
+        if is_main_process():  # under torchrun only rank 0 writes; the others wait and then load it
             store.save("glow", cfg, state_dict={k: v.cpu() for k, v in model.state_dict().items()}, meta=meta,
                        files={"history.json": json.dumps(result.history)})
-        _barrier()
+        wait_for_main_process()
     model.load_state_dict(store.load_state_dict("glow", cfg))
     model.to(device).eval()
     history = pd.DataFrame(json.loads(store.read_text("glow", cfg, "history.json")))
     return TrainedGlow(run, model, history, store.load_meta("glow", cfg))
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _digest(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def score_sets(trained: TrainedGlow, sets: dict[str, data.ImageSet], store: ArtifactStore | None = None,
@@ -185,7 +171,7 @@ def score_sets(trained: TrainedGlow, sets: dict[str, data.ImageSet], store: Arti
     store = store or ArtifactStore()
     out = {}
     for key, s in sets.items():
-        cfg = {"run": trained.run.to_dict(), "set": s.name, "content": _digest(s.x), "seed": seed}
+        cfg = {"run": trained.run.to_dict(), "set": s.name, "content": content_digest(s.x), "seed": seed}
         out[key] = store.cached_arrays("glow_scores", cfg, lambda s=s: likelihood.score_flow(
             trained.model, s.x, batch_size=trained.run.eval_batch, seed=seed))
     return out

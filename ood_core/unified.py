@@ -10,31 +10,30 @@ ID as the positive class, each AUROC with a percentile-bootstrap interval over t
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import torch
 
 from ood_core import generative_scores as gsc
 from ood_core import metrics
+from ood_core.artifacts import content_digest
 from ood_core.classifier_study import ClassifierEvaluation, Method
 from ood_core.glow_study import GlowEvaluation
 
 ID_KEY = "ID test"
 
 
-def _digest(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+def _full_digest(x: torch.Tensor) -> str:
+    return content_digest(x, length=64)
 
 
 def check_same_images(glow_ev: GlowEvaluation, cls_ev: ClassifierEvaluation) -> list[str]:
     """The set keys both evaluations share with identical images; raises if a shared key differs."""
-    if _digest(glow_ev.sets[ID_KEY].x) != _digest(cls_ev.id_set.x):
+    if _full_digest(glow_ev.sets[ID_KEY].x) != _full_digest(cls_ev.id_set.x):
         raise ValueError("the Glow and classifier ID test images differ: use the same n_eval and seed")
     shared = [k for k in glow_ev.sets if k in cls_ev.ood_sets]
     for k in shared:
-        if _digest(glow_ev.sets[k].x) != _digest(cls_ev.ood_sets[k].x):
+        if _full_digest(glow_ev.sets[k].x) != _full_digest(cls_ev.ood_sets[k].x):
             raise ValueError(f"the Glow and classifier images of OOD set {k!r} differ: use the same n_eval and seed")
     return shared
 
