@@ -48,7 +48,7 @@ print(ev.trained.run.label, "| OOD sets:", ", ".join(ev.names.values()))
 # drops; OOD detection improves with $p$ up to high percentiles.
 
 # %%
-sweep = cs.percentile_sweep(ev.suite, ev.id_feats, ev.ood_feats, C.percentiles)
+sweep = ev.percentile_sweep(C.percentiles)
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
 for ax, col in zip(axes, ("ID accuracy (%)", "FPR95", "AUROC")):
     sns.lineplot(sweep, x="percentile", y=col, hue="shaper", marker="o", ax=ax)
@@ -84,7 +84,7 @@ display(med.to_frame("median s1/s2").T.round(2))
 # values, so both variants prune about the same fraction of ID activations (last column).
 
 # %%
-lg = cs.local_vs_global(ev.suite, ev.id_feats, ev.ood_feats, C.ablation_percentiles)
+lg = ev.local_vs_global(C.ablation_percentiles)
 display(lg.round(2))
 wide = lg.pivot_table(index=["shaper", "percentile"], columns="threshold", values="AUROC")
 wins = (wide["local (per sample)"] > wide["global (from ID train)"]).mean()
@@ -98,7 +98,7 @@ display(Markdown(f"**Verdict ({P.name} profile).** The local threshold has the h
 # features. For 4-D activations the percentile is taken over all $C\cdot H\cdot W$ entries of a sample.
 
 # %%
-where = cs.where_to_ash(ev.trained, ev.id_set, ev.ood_sets, percentile=90)
+where = ev.where_to_ash(90)
 display(where.round(2))
 fig, ax1 = plt.subplots(figsize=(7, 3.6))
 sns.barplot(where, x="stage", y="AUROC", color="C0", ax=ax1)

@@ -78,9 +78,9 @@ for claim, why in (("ensembles (and WAIC) do not remove the inversion", "ensembl
 # %%
 long = clf.benchmark(cs.paper_methods())
 summary = cs.summary(long)
-sweep = cs.percentile_sweep(clf.suite, clf.id_feats, clf.ood_feats, P.classifier.percentiles)
-lg = cs.local_vs_global(clf.suite, clf.id_feats, clf.ood_feats, P.classifier.ablation_percentiles)
-where = cs.where_to_ash(clf.trained, clf.id_set, clf.ood_sets)
+sweep = clf.percentile_sweep(P.classifier.percentiles)
+lg = clf.local_vs_global(P.classifier.ablation_percentiles)
+where = clf.where_to_ash(90)
 ash_tables = [(src, summary, sweep, lg, where)]
 paper_cls = cs.published(get_profile("paper").classifier.runs["cifar10"])
 if paper_cls is not None:

@@ -13,6 +13,7 @@ Every score here is "higher = more in-distribution"; every metric comes from
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -285,14 +286,41 @@ class ClassifierEvaluation:
     missing: dict[str, str]
     id_feats: dict[str, np.ndarray]
     ood_feats: dict[str, dict[str, np.ndarray]]
+    key: dict | None = None  # what determines every table below (None: not cached, e.g. evaluate_model)
+    store: ArtifactStore | None = None
 
     @property
     def names(self) -> dict[str, str]:
         return {k: s.name for k, s in self.ood_sets.items()}
 
+    def _table(self, name: str, params, compute) -> pd.DataFrame:
+        """``compute()`` once per (evaluation, table, params): several chapters show the same tables."""
+        if self.key is None:
+            return compute()
+        import io
+
+        store = self.store or ArtifactStore()
+        cfg = {**self.key, "table": name, "params": params}
+        if not store.exists("classifier_tables", cfg):
+            store.save("classifier_tables", cfg, files={"table.csv": compute().to_csv(index=False)})
+        return pd.read_csv(io.StringIO(store.read_text("classifier_tables", cfg, "table.csv")))
+
     def benchmark(self, methods: list[Method]) -> pd.DataFrame:
-        return benchmark(self.suite, methods, self.id_feats, self.ood_feats, self.id_set.x,
-                         {k: s.x for k, s in self.ood_sets.items()}, self.names)
+        return self._table("benchmark", [dataclasses.asdict(m) for m in methods], lambda: benchmark(
+            self.suite, methods, self.id_feats, self.ood_feats, self.id_set.x,
+            {k: s.x for k, s in self.ood_sets.items()}, self.names))
+
+    def percentile_sweep(self, percentiles) -> pd.DataFrame:
+        return self._table("sweep", list(percentiles), lambda: percentile_sweep(
+            self.suite, self.id_feats, self.ood_feats, percentiles))
+
+    def local_vs_global(self, percentiles) -> pd.DataFrame:
+        return self._table("local_vs_global", list(percentiles), lambda: local_vs_global(
+            self.suite, self.id_feats, self.ood_feats, percentiles))
+
+    def where_to_ash(self, percentile: float = 90) -> pd.DataFrame:
+        return self._table("where_to_ash", percentile, lambda: where_to_ash(
+            self.trained, self.id_set, self.ood_sets, percentile=percentile))
 
 
 def evaluate(run: ClassifierRun, n_eval: int | None, n_fit: int | None, ood, seed: int = 0,
@@ -308,7 +336,9 @@ def evaluate(run: ClassifierRun, n_eval: int | None, n_fit: int | None, ood, see
     id_feats = features(trained, id_set, store)
     ood_feats = {k: features(trained, s, store) for k, s in ood_sets.items()}
     suite = PostHocSuite(trained, train_feats, react_percentile, dice_percentile, seed=seed)
-    return ClassifierEvaluation(trained, suite, id_set, ood_sets, missing, id_feats, ood_feats)
+    key = {"run": run.to_dict(), "n_eval": n_eval, "n_fit": n_fit, "ood": list(ood), "seed": seed,
+           "react_percentile": react_percentile, "dice_percentile": dice_percentile}
+    return ClassifierEvaluation(trained, suite, id_set, ood_sets, missing, id_feats, ood_feats, key, store)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -122,9 +122,9 @@ def cmd_classifier(args: argparse.Namespace) -> int:
         ev = cs.evaluate(run, C.n_eval, C.n_fit, C.ood[ds], seed=args.seed, device=device)
         long = ev.benchmark(cs.paper_methods())
         tables = {"benchmark": long, "summary": cs.summary(long).reset_index(),
-                  "sweep": cs.percentile_sweep(ev.suite, ev.id_feats, ev.ood_feats, C.percentiles),
-                  "local_vs_global": cs.local_vs_global(ev.suite, ev.id_feats, ev.ood_feats, C.ablation_percentiles),
-                  "where_to_ash": cs.where_to_ash(ev.trained, ev.id_set, ev.ood_sets)}
+                  "sweep": ev.percentile_sweep(C.percentiles),
+                  "local_vs_global": ev.local_vs_global(C.ablation_percentiles),
+                  "where_to_ash": ev.where_to_ash(90)}
         print(f"== {run.label} ({P.name} profile): {ev.trained.meta['steps']} steps, "
               f"{ev.trained.meta['wall_time_s']:.0f} s")
         print(tables["summary"].round(2).to_string())

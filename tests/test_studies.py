@@ -113,3 +113,19 @@ def test_post_hoc_suite_matches_direct_scores():
     lg = cs.local_vs_global(suite, fid, {"const": food}, [50])
     local = lg[lg.threshold.str.startswith("local")]
     assert (local["pruned on ID test (%)"] >= 49).all()
+
+
+def test_classifier_tables_are_computed_once_per_evaluation(tmp_path):
+    ev = cs.ClassifierEvaluation(None, None, None, {}, {}, {}, {}, key={"run": "x"}, store=ArtifactStore(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return pd.DataFrame({"percentile": [0, 90], "AUROC": [81.5, 92.25]})
+
+    a = ev._table("sweep", [0, 90], compute)
+    b = ev._table("sweep", [0, 90], compute)
+    ev._table("sweep", [0, 95], compute)  # other parameters: computed again
+    assert len(calls) == 2
+    pd.testing.assert_frame_equal(a, b)
+    assert a["AUROC"].tolist() == [81.5, 92.25]
