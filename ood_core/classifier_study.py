@@ -53,6 +53,14 @@ class ClassifierRun:
         return {"dataset": self.dataset, "model": self.model.to_dict(), "train": self.train.to_dict(),
                 "n_train": self.n_train, "augment": self.augment, "n_curve": self.n_curve}
 
+    def with_seed(self, seed: int) -> "ClassifierRun":
+        """The same run with another training seed (initialisation, batch order, augmentation)."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+
+    def on(self, dataset: str) -> "ClassifierRun":
+        """The same recipe trained on another ID dataset of the same shape."""
+        return dataclasses.replace(self, dataset=dataset)
+
     @property
     def label(self) -> str:
         arch = self.model.arch

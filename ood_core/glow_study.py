@@ -65,6 +65,15 @@ class GlowRun:
     def with_coupling(self, coupling: str) -> "GlowRun":
         return dataclasses.replace(self, coupling=coupling)
 
+    def with_seed(self, seed: int) -> "GlowRun":
+        """The same run with another training seed (initialisation, batch order, training subset)."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+
+    def on(self, dataset: str, curve_sets: tuple[str, ...] | None = None) -> "GlowRun":
+        """The same recipe trained on another ID dataset (e.g. MNIST for the reversed pair)."""
+        return dataclasses.replace(self, dataset=dataset,
+                                   curve_sets=self.curve_sets if curve_sets is None else tuple(curve_sets))
+
     @property
     def model_config(self) -> GlowConfig:
         return GlowConfig(image_shape=data.spec(self.dataset).shape, levels=self.levels, steps=self.steps,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ood_core.classifier_study import ClassifierRun
 from ood_core.classifiers import ClassifierConfig
+from ood_core.generative_study import GenerativeRun
 from ood_core.glow_study import GlowRun
 from ood_core.train import TrainConfig
 
@@ -77,6 +78,34 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class FamilySettings:
+    """The other model families of Nalisnick et al.: a VAE and a PixelCNN per ID dataset."""
+
+    vae: dict  # ID dataset name -> GenerativeRun (family "vae")
+    pixelcnn: dict  # ID dataset name -> GenerativeRun (family "pixelcnn")
+    n_eval: int | None  # examples per set (the Glow chapters' subsets when equal to glow.n_eval)
+    n_samples: int  # samples drawn from each model for the figures
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    """Small models trained with several seeds: the ensembles and the spread over training seeds.
+
+    The recipes are stated for FashionMNIST and retargeted with ``.on(dataset)``; each is trained
+    once per seed and per dataset in ``datasets`` (FashionMNIST -> MNIST and the reversed pair).
+    """
+
+    seeds: tuple  # ensemble members (M = len(seeds)); the first n_spread are the seed-spread study
+    n_spread: int
+    n_eval: int | None  # test images per set in the seed study (the ensembles use glow.n_eval)
+    datasets: tuple  # ID datasets of the seed study
+    ood: dict  # ID dataset -> OOD sets of the seed study
+    glow: GlowRun
+    vae: GenerativeRun
+    classifier: ClassifierRun
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -85,6 +114,8 @@ class Profile:
     classifier: ClassifierSettings
     unified: UnifiedSettings
     analysis: AnalysisSettings
+    families: FamilySettings
+    seeds: SeedSettings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,6 +136,28 @@ _SWEEP = (0, 10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90, 95, 99)
 # Glow optimisation shared by all profiles: Adam with linear warm-up and gradient clipping (the
 # Glow paper uses Adamax 1e-3 with warm-up; Adam converges faster in the short CPU runs).
 _GLOW_OPT = dict(optimizer="adam", lr=1e-3, grad_clip=50.0, seed=0)
+_GEN_OPT = dict(optimizer="adam", lr=1e-3, grad_clip=100.0, seed=0)
+_SEED_OOD = {"fashion_mnist": ("mnist", "uniform", "gaussian", "constant"),
+             "mnist": ("fashion_mnist", "uniform", "gaussian", "constant")}
+
+
+def _families(vae: GenerativeRun, pixelcnn: GenerativeRun, n_eval, n_samples: int,
+              cifar_vae: GenerativeRun | None = None, cifar_pixelcnn: GenerativeRun | None = None) -> FamilySettings:
+    """One recipe per family, retargeted to CIFAR-10 (tracking SVHN and MNIST along training)."""
+    return FamilySettings(
+        vae={"fashion_mnist": vae, "cifar10": cifar_vae or vae.on("cifar10", ("svhn", "mnist"))},
+        pixelcnn={"fashion_mnist": pixelcnn, "cifar10": cifar_pixelcnn or pixelcnn.on("cifar10", ("svhn", "mnist"))},
+        n_eval=n_eval, n_samples=n_samples)
+
+# The default CPU profile's VAE and PixelCNN (measured on 2 cores; see the README's timings).
+# VAE: ~1,700 img/s (28x28) / ~1,200 (32x32x3) training, IWAE_8 scoring ~800 / ~400 img/s.
+VAE_CPU = GenerativeRun("vae", "fashion_mnist", dict(width=32), n_curve=200, iwae_k=8,
+                        train=TrainConfig(epochs=1, batch_size=128, warmup_steps=50, eval_every=100,
+                                          checkpoint_every=200, **_GEN_OPT))
+# PixelCNN: ~170 img/s (28x28) / ~130 (32x32x3) training at batch 32: one pass over 10,000 images.
+PIXELCNN_CPU = GenerativeRun("pixelcnn", "fashion_mnist", dict(width=32, layers=5, n_mix=5), n_train=10000,
+                             n_curve=200, train=TrainConfig(epochs=1, batch_size=32, warmup_steps=50,
+                                                            eval_every=100, checkpoint_every=200, **_GEN_OPT))
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -137,6 +190,25 @@ PROFILES: dict[str, Profile] = {
         unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, n_boot=20,
                                 batch_sizes=(1, 4, 16), codecs=("png", "lzma")),
         analysis=AnalysisSettings(n_probes=4, n_taylor=4, n_gray=32, alphas=(0.0, 0.5, 1.0)),
+        families=_families(
+            GenerativeRun("vae", "fashion_mnist", dict(width=8), n_train=256, n_curve=32, eval_batch=64, iwae_k=4,
+                          train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4, checkpoint_every=4,
+                                            **_GEN_OPT)),
+            GenerativeRun("pixelcnn", "fashion_mnist", dict(width=8, layers=2, n_mix=2), n_train=256, n_curve=32,
+                          eval_batch=64, train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
+                                                           checkpoint_every=4, **_GEN_OPT)),
+            n_eval=64, n_samples=4),
+        seeds=SeedSettings(
+            seeds=(0, 1), n_spread=2, n_eval=64, datasets=("fashion_mnist", "mnist"), ood=_SEED_OOD,
+            glow=GlowRun("fashion_mnist", levels=2, steps=2, width=8, n_train=256, n_curve=32, curve_sets=("mnist",),
+                         eval_batch=64, train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
+                                                          checkpoint_every=4, **_GLOW_OPT)),
+            vae=GenerativeRun("vae", "fashion_mnist", dict(width=8), n_train=256, n_curve=32, eval_batch=64, iwae_k=4,
+                              train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
+                                                checkpoint_every=4, **_GEN_OPT)),
+            classifier=ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=4), n_train=512,
+                                     n_curve=64, train=TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_steps=2,
+                                                                   eval_every=4, **_CLS_OPT))),
     ),
     "cpu": Profile(
         name="cpu",
@@ -171,6 +243,20 @@ PROFILES: dict[str, Profile] = {
         unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, n_boot=200,
                                 batch_sizes=(1, 2, 5, 10, 25, 50), codecs=("png", "lzma")),
         analysis=AnalysisSettings(n_probes=48, n_taylor=32, n_gray=400, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
+        families=_families(
+            # VAE_CPU / PIXELCNN_CPU below: a few minutes each on 2 cores.
+            VAE_CPU, PIXELCNN_CPU, n_eval=2000, n_samples=16),
+        seeds=SeedSettings(
+            seeds=(0, 1, 2, 3, 4), n_spread=3, n_eval=1000, datasets=("fashion_mnist", "mnist"), ood=_SEED_OOD,
+            # A quarter of the chapters' Glow (K=4, width 32) on a third of the training set: ~25 s per seed.
+            glow=GlowRun("fashion_mnist", levels=2, steps=4, width=32, n_train=20000, n_curve=200,
+                         curve_sets=("mnist",), train=TrainConfig(epochs=1, batch_size=64, warmup_steps=100,
+                                                                  eval_every=100, checkpoint_every=250, **_GLOW_OPT)),
+            vae=dataclasses.replace(VAE_CPU, n_train=20000),
+            classifier=ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=16),
+                                     n_train=20000, train=TrainConfig(epochs=1, batch_size=128, lr=0.05,
+                                                                      warmup_steps=50, eval_every=0,
+                                                                      checkpoint_every=200, **_CLS_OPT))),
     ),
     "paper": Profile(
         name="paper",
@@ -206,6 +292,26 @@ PROFILES: dict[str, Profile] = {
         unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100), codecs=("png", "webp", "lzma")),
         analysis=AnalysisSettings(n_probes=256, n_taylor=128, n_gray=2000, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
+        families=_families(
+            GenerativeRun("vae", "fashion_mnist", dict(width=128, n_mix=5), n_curve=1000, iwae_k=128,
+                          train=TrainConfig(epochs=50, batch_size=256, warmup_steps=200, eval_every=500,
+                                            checkpoint_every=1000, **_GEN_OPT)),
+            GenerativeRun("pixelcnn", "fashion_mnist", dict(width=128, layers=12, n_mix=10), n_curve=1000,
+                          train=TrainConfig(epochs=20, batch_size=128, warmup_steps=200, eval_every=500,
+                                            checkpoint_every=1000, **_GEN_OPT)),
+            n_eval=None, n_samples=64),
+        seeds=SeedSettings(
+            seeds=(0, 1, 2, 3, 4), n_spread=5, n_eval=None, datasets=("fashion_mnist", "mnist"), ood=_SEED_OOD,
+            glow=GlowRun("fashion_mnist", levels=2, steps=16, width=256, n_curve=1000, curve_sets=("mnist",),
+                         train=TrainConfig(epochs=100, batch_size=256, warmup_steps=200, eval_every=200,
+                                           checkpoint_every=200, max_steps=1000, **_GLOW_OPT)),
+            vae=GenerativeRun("vae", "fashion_mnist", dict(width=128, n_mix=5), n_curve=1000, iwae_k=128,
+                              train=TrainConfig(epochs=50, batch_size=256, warmup_steps=200, eval_every=500,
+                                                checkpoint_every=1000, **_GEN_OPT)),
+            classifier=ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=64),
+                                     train=TrainConfig(epochs=20, batch_size=256, lr=0.1, warmup_steps=200,
+                                                       eval_every=0, checkpoint_every=2000, amp_bf16=True,
+                                                       **_CLS_OPT))),
     ),
 }
 

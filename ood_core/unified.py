@@ -39,15 +39,22 @@ def check_same_images(glow_ev: GlowEvaluation, cls_ev: ClassifierEvaluation) -> 
 
 
 def generative_detectors(glow_ev: GlowEvaluation, cv_ev: GlowEvaluation | None = None,
-                         background_ev: GlowEvaluation | None = None, codecs=("png",)) -> dict[str, dict]:
+                         background_ev: GlowEvaluation | None = None, codecs=("png",),
+                         others: dict | None = None) -> dict[str, dict]:
     """Likelihood-based scores of every evaluated set (ID train excluded), higher = more ID.
 
     * ``Glow log p`` / ``CV-Glow log p``: the raw log-likelihood (Nalisnick et al.);
     * ``likelihood ratio``: log p_Glow - log p_background (Ren et al. 2019);
     * ``typicality (M=1)``: -|NLL(x) - H|, H the mean NLL of the ID training subset
       (Nalisnick et al. 2019b at batch size 1; larger batches in :func:`typicality_table`);
-    * ``input complexity (<codec>)``: (log2 p(x) + L_codec(x)) / D (Serrà et al. 2020).
+    * ``input complexity (<codec>)``: (log2 p(x) + L_codec(x)) / D (Serrà et al. 2020);
+    * ``<label> log p`` for each evaluation in ``others`` (``{label: evaluation}``, e.g. the VAE's
+      IWAE bound and the PixelCNN's exact likelihood), which must have scored the same images.
     """
+    for label, ev in (others or {}).items():
+        for k in glow_ev.sets:
+            if k != "ID train" and (k not in ev.sets or _full_digest(ev.sets[k].x) != _full_digest(glow_ev.sets[k].x)):
+                raise ValueError(f"{label} did not score the same images as the Glow for {k!r}: use the same n_eval and seed")
     keys = [k for k in glow_ev.sets if k != "ID train"]
     entropy = gsc.estimate_entropy(-glow_ev.scores["ID train"]["log_px"])
     out: dict[str, dict] = {"Glow log p": {}, "typicality (M=1)": {}}
@@ -62,6 +69,8 @@ def generative_detectors(glow_ev: GlowEvaluation, cv_ev: GlowEvaluation | None =
         for codec in codecs:
             out.setdefault(f"input complexity ({codec})", {})[k] = gsc.input_complexity_score(
                 lp, glow_ev.sets[k].x, codec=codec)
+        for label, ev in (others or {}).items():
+            out.setdefault(f"{label} log p", {})[k] = ev.scores[k]["log_px"]
     return out
 
 
@@ -104,3 +113,31 @@ def typicality_table(glow_ev: GlowEvaluation, batch_sizes, seed: int = 0) -> pd.
         t.insert(0, "OOD set", s.name)
         frames.append(t)
     return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------ spread over training seeds
+
+def seed_table(detectors_by_seed: dict[int, dict[str, dict]], families: dict[str, str], names: dict[str, str],
+               id_name: str) -> pd.DataFrame:
+    """Long table of AUROC / FPR95 / AUPRs (%) per training seed, detector and OOD set.
+
+    ``detectors_by_seed[seed]`` is a ``{detector: {set key: scores}}`` mapping as in
+    :func:`unified_table`, computed from models trained with that seed on the same images.
+    """
+    rows = []
+    for seed, detectors in detectors_by_seed.items():
+        for det, scores in detectors.items():
+            for key, s in scores.items():
+                if key == ID_KEY:
+                    continue
+                m = metrics.ood_metrics(scores[ID_KEY], s)
+                rows.append({"ID": id_name, "OOD set": names.get(key, key), "detector": det,
+                             "family": families[det], "seed": seed, **m})
+    return pd.DataFrame(rows)
+
+
+def seed_summary(long: pd.DataFrame, metric: str = "AUROC") -> pd.DataFrame:
+    """Mean, sample std, min, max and number of seeds of ``metric`` per (ID, OOD set, detector)."""
+    g = long.groupby(["ID", "OOD set", "family", "detector"], sort=False)[metric]
+    out = g.agg(mean="mean", std=lambda v: gsc.seed_spread(v.to_numpy())[1], min="min", max="max", seeds="count")
+    return out.reset_index()
