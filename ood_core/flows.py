@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ood_core.model_config import ImageModelConfig
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -86,7 +88,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
-class GlowConfig:
+class GlowConfig(ImageModelConfig):
     """Hyperparameters of a Glow; rebuild a model by keyword from :meth:`to_dict`'s JSON.
 
     Attributes
@@ -139,29 +141,6 @@ class GlowConfig:
         if not _is_positive_int(self.n_bits) or self.n_bits > 8:
             raise ValueError(f"n_bits must be an int in 1..8, got {self.n_bits!r}")
 
-    @property
-    def num_dims(self) -> int:
-        """``D = C * H * W``, the dimension used for bits/dim."""
-        c, h, w = self.image_shape
-        return c * h * w
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (``image_shape`` as a list); inverse of :meth:`from_dict`."""
-        d = dataclasses.asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GlowConfig":
-        """Rebuild from :meth:`to_dict` output (lists are accepted for tuples)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GlowConfig keys {sorted(unknown)}; known: {sorted(known)}")
-        kwargs = dict(d)
-        if "image_shape" in kwargs and isinstance(kwargs["image_shape"], list):
-            kwargs["image_shape"] = tuple(kwargs["image_shape"])
-        return cls(**kwargs)
 
 
 def _is_positive_int(value: Any) -> bool:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ood_core import data, metrics
 from ood_core import generative_scores as gsc
 from ood_core.artifacts import ArtifactStore, content_digest, is_main_process, wait_for_main_process
+from ood_core.glow_study import GlowEvaluation, curve_sets, evaluation_sets
 from ood_core.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,6 @@ def score_model(model: torch.nn.Module, family: str, x_uint8: torch.Tensor, batc
     return out
 
 
-def _curve_sets(run: GenerativeRun) -> dict[str, torch.Tensor]:
-    sets = {"ID train": data.load(run.dataset, "train").subset(run.n_curve, seed=1).x,
-            "ID test": data.load(run.dataset, "test").subset(run.n_curve, seed=1).x}
-    ood, _ = data.ood_sets(data.spec(run.dataset).shape, list(run.curve_sets), n=run.n_curve, seed=1)
-    sets.update({s.name: s.x for s in ood.values()})
-    return sets
-
-
 def train_model(run: GenerativeRun, store: ArtifactStore | None = None, device=None,
                 progress: bool = True) -> TrainedModel:
     """The trained model and its training curves: from the cache, or trained (resumably) and cached.
@@ -186,7 +179,7 @@ def train_model(run: GenerativeRun, store: ArtifactStore | None = None, device=N
     model = run.build()
     if not store.exists(run.family, cfg):
         train_set = data.load(run.dataset, "train").subset(run.n_train, seed=run.train.seed)
-        curves = _curve_sets(run)
+        curves = curve_sets(run)
         term = "bpd_elbo" if run.family == "vae" else "bpd"
         evaluators = {f"bpd: {name}": (lambda m, x=x: float(score_model(
             m, run.family, x, batch_size=run.eval_batch, seed=0, iwae_k=1)[term].mean())) for name, x in curves.items()}
@@ -235,41 +228,19 @@ def bpd_table(run: GenerativeRun, names: dict[str, str], scores: dict[str, dict[
     return pd.DataFrame(rows).set_index("set")
 
 
-@dataclass
-class ModelEvaluation:
-    """A trained VAE/PixelCNN scored on its evaluation sets (same shape as ``GlowEvaluation``)."""
-
-    trained: TrainedModel
-    sets: dict[str, data.ImageSet]
-    missing: dict[str, str]
-    scores: dict[str, dict[str, np.ndarray]]
-
-    @property
-    def names(self) -> dict[str, str]:
-        return {k: s.name for k, s in self.sets.items()}
+class ModelEvaluation(GlowEvaluation):
+    """A trained VAE/PixelCNN scored on its evaluation sets: ``GlowEvaluation`` with this family's table."""
 
     @property
     def table(self) -> pd.DataFrame:
         return bpd_table(self.trained.run, self.names, self.scores)
-
-    def column(self, term: str = "bpd") -> dict[str, np.ndarray]:
-        return {self.sets[k].name: v[term] for k, v in self.scores.items()}
-
-
-def evaluation_sets(dataset: str, n: int | None, ood, seed: int = 0) -> tuple[dict[str, data.ImageSet], dict[str, str]]:
-    """ID train/test subsets and the OOD sets in the ID shape (the Glow chapters' subsets, same seed)."""
-    sets = {"ID train": data.load(dataset, "train").subset(n, seed),
-            "ID test": data.load(dataset, "test").subset(n, seed)}
-    ood_sets, missing = data.ood_sets(data.spec(dataset).shape, list(ood), n=n, seed=seed)
-    sets.update(ood_sets)
-    return sets, missing
 
 
 def evaluate(run: GenerativeRun, n_eval: int | None, ood, seed: int = 0, store: ArtifactStore | None = None,
              device=None) -> ModelEvaluation:
     """Train (or load) ``run`` and score its ID train/test subsets and OOD sets (all cached)."""
     trained = train_model(run, store=store, device=device)
-    sets, missing = evaluation_sets(run.dataset, n_eval, ood, seed=seed)
+    sets, missing = evaluation_sets(run, n_eval, list(ood), seed=seed)
     return ModelEvaluation(trained, sets, missing, score_sets(trained, sets, store=store, seed=seed))
 
 

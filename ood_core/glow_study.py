@@ -107,7 +107,8 @@ class TrainedGlow:
     meta: dict = field(default_factory=dict)
 
 
-def _curve_sets(run: GlowRun) -> dict[str, torch.Tensor]:
+def curve_sets(run) -> dict[str, torch.Tensor]:
+    """ID train/test and OOD subsets tracked along training (any run with dataset, n_curve, curve_sets)."""
     shape = data.spec(run.dataset).shape
     sets = {
         "ID train": data.load(run.dataset, "train").subset(run.n_curve, seed=1).x,
@@ -150,7 +151,7 @@ def train_glow(run: GlowRun, store: ArtifactStore | None = None, device: str | t
     model = Glow(run.model_config)
     if not store.exists("glow", cfg):
         train_set = data.load(run.dataset, "train").subset(run.n_train, seed=run.train.seed)
-        curves = _curve_sets(run)
+        curves = curve_sets(run)
         evaluators = {
             f"bpd: {name}": (lambda m, x=x: float(likelihood.score_flow(
                 m, x, batch_size=run.eval_batch, seed=0)["bpd"].mean()))
@@ -186,7 +187,7 @@ def score_sets(trained: TrainedGlow, sets: dict[str, data.ImageSet], store: Arti
     return out
 
 
-def evaluation_sets(run: GlowRun, n: int | None, ood: list[str], seed: int = 0
+def evaluation_sets(run, n: int | None, ood: list[str], seed: int = 0
                     ) -> tuple[dict[str, data.ImageSet], dict[str, str]]:
     """ID train/test subsets and the OOD sets in the model's shape; and the OOD sets that are missing."""
     shape = data.spec(run.dataset).shape

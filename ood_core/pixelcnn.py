@@ -89,16 +89,16 @@ Departures from the papers
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ood_core import discretized as dl
+from ood_core.model_config import ImageModelConfig
 
 __all__ = ["PixelCNNConfig", "PixelCNN", "nll_bpd"]
 
@@ -108,7 +108,7 @@ def _is_int(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class PixelCNNConfig:
+class PixelCNNConfig(ImageModelConfig):
     """Hyperparameters of a :class:`PixelCNN`; rebuild a model from :meth:`to_dict`'s JSON.
 
     Attributes
@@ -145,29 +145,6 @@ class PixelCNNConfig:
         if not _is_int(self.n_bits) or not 1 <= self.n_bits <= 8:
             raise ValueError(f"n_bits must be an int in 1..8, got {self.n_bits!r}")
 
-    @property
-    def num_dims(self) -> int:
-        """``D = C * H * W``, the dimension used for bits/dim."""
-        c, h, w = self.image_shape
-        return c * h * w
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (``image_shape`` as a list); inverse of :meth:`from_dict`."""
-        d = dataclasses.asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PixelCNNConfig":
-        """Rebuild from :meth:`to_dict` output (a list is accepted for ``image_shape``)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown PixelCNNConfig keys {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
-        if "image_shape" in d and isinstance(d["image_shape"], list):
-            d["image_shape"] = tuple(d["image_shape"])
-        return cls(**d)
 
 
 def _gate(t: torch.Tensor) -> torch.Tensor:

@@ -74,15 +74,15 @@ What is knowingly different here:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from ood_core import discretized
+from ood_core.model_config import ImageModelConfig
 
 __all__ = ["VAEConfig", "VAE", "gaussian_kl", "negative_elbo_bpd"]
 
@@ -94,7 +94,7 @@ def _is_positive_int(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ImageModelConfig):
     """Hyperparameters of a :class:`VAE`; rebuild one by keyword from :meth:`to_dict`'s JSON.
 
     Attributes
@@ -129,29 +129,6 @@ class VAEConfig:
         if not _is_positive_int(self.n_bits) or self.n_bits > 8:
             raise ValueError(f"n_bits must be an int in 1..8, got {self.n_bits!r}")
 
-    @property
-    def num_dims(self) -> int:
-        """``D = C * H * W``, the dimension used for bits/dim."""
-        c, h, w = self.image_shape
-        return c * h * w
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (``image_shape`` as a list); inverse of :meth:`from_dict`."""
-        d = dataclasses.asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VAEConfig":
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown VAEConfig keys {sorted(unknown)}; known: {sorted(known)}")
-        kwargs = dict(d)
-        if isinstance(kwargs.get("image_shape"), list):
-            kwargs["image_shape"] = tuple(kwargs["image_shape"])
-        return cls(**kwargs)
 
 
 def gaussian_kl(mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
