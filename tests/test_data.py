@@ -222,6 +222,9 @@ def test_tiny_imagenet_verifies_against_manifest_and_mirror_readme():
     assert data.content_sha256(x, y) == s.content_sha256["val.npz"]
     assert np.bincount(y, minlength=200).tolist() == [50] * 200 == s.label_counts["val"]
     assert {r["split"]: r["status"] for r in data.verify() if r["dataset"] == "tiny_imagenet"} == {"val": "ok"}
+    st = data.channel_stats(data.load("tiny_imagenet", "val").x)  # README: per-channel mean / std
+    np.testing.assert_allclose(st["mean"], [0.4829, 0.4500, 0.3986], atol=1e-4)
+    np.testing.assert_allclose(st["std"], [0.2620, 0.2541, 0.2687], atol=1e-4)
 
 
 @needs_tin
