@@ -16,6 +16,12 @@ one lists them, and otherwise loaded with a logged warning that they are unverif
 Everything returned to callers is a :class:`ImageSet` of torch tensors: ``x`` uint8
 ``[N, C, H, W]`` and ``y`` int64 ``[N]``. No view here normalises pixel values: models own their
 normalisation, so in- and out-of-distribution data always pass through identical preprocessing.
+
+A dataset with a class-name file (TinyImageNet's ``classes.txt``) is read by :func:`class_table`,
+verified like the image files. Named views, ``"<dataset>:<view>"``, live in the :data:`VIEWS` registry:
+``"cifar10:gray"`` (Nalisnick et al.'s graying experiment) and ``"tiny_imagenet:cifar10_disjoint"``
+(TinyImageNet without the classes inside CIFAR-10's, :data:`TINY_IMAGENET_IN_CIFAR10`, as OpenOOD
+v1.5's near-OOD "tin" set for CIFAR-10).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +67,8 @@ class DatasetSpec:
     sha256: dict = dataclasses.field(default_factory=dict)  # file -> sha256 of the file
     content_sha256: dict = dataclasses.field(default_factory=dict)  # file -> sha256 of x,y
     label_counts: dict = dataclasses.field(default_factory=dict)  # split -> list of counts
+    class_file: str | None = None  # ``wnid<TAB>words`` per line, line i names label i (see class_table)
+    class_file_sha256: str = ""
 
     @property
     def verifiable(self) -> bool:
@@ -292,6 +302,58 @@ def load(name: str, split: str = "test", root: Path | None = None) -> ImageSet:
     return ImageSet(x, torch.from_numpy(y.copy()), f"{s.title} {split}", s.note if s.partial else "")
 
 
+_WNID_LINE = re.compile(r"^(n\d{8})\t(\S.*)$")
+
+
+def class_table(name: str, root: Path | None = None) -> list[tuple[str, str]]:
+    """The verified class list of a dataset that ships one: ``(wnid, words)`` for label 0, 1, ...
+
+    The file (``classes.txt`` for TinyImageNet) holds one ``wnid<TAB>words`` line per class, line i
+    naming label i, wnids in alphabetical order (torchvision ``ImageFolder`` order). It is checked
+    against the manifest's sha256, then for its format: ``num_classes`` lines, unique sorted wnids.
+    """
+    s = spec(name)
+    if not s.class_file:
+        with_file = ", ".join(sorted(n for n, d in MANIFEST.items() if d.class_file))
+        raise DatasetError(f"{name} ships no class-name file; only {with_file} do")
+    root = Path(root) if root is not None else data_root()
+    path = root / name / s.class_file
+    if not path.is_file():
+        raise DatasetError(f"missing class-name file {path}. {_fix_hint(name)}")
+    st = path.stat()
+    return list(_read_class_file(str(path), st.st_size, st.st_mtime, name))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_class_file(path_str: str, size: int, mtime: float, name: str) -> tuple[tuple[str, str], ...]:
+    path, s = Path(path_str), spec(name)
+    file_hash = sha256_file(path)
+    if s.class_file_sha256 and file_hash != s.class_file_sha256:
+        raise DatasetError(f"{path} is corrupt or not the expected file: sha256 {file_hash} != manifest "
+                           f"{s.class_file_sha256}. {_fix_hint(name)}")
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not UTF-8 text ({e}); the file is corrupt. {_fix_hint(name)}") from e
+    rows = []
+    for i, line in enumerate(lines, 1):
+        m = _WNID_LINE.match(line)
+        if not m:
+            raise DatasetError(f"{path}, line {i}: expected 'wnid<TAB>words', got {line[:60]!r}. {_fix_hint(name)}")
+        rows.append((m.group(1), m.group(2)))
+    wnids = [w for w, _ in rows]
+    if len(rows) != s.num_classes or wnids != sorted(set(wnids)):
+        raise DatasetError(f"{path}: {len(rows)} lines ({len(set(wnids))} distinct wnids"
+                           f"{'' if wnids == sorted(wnids) else ', not sorted'}), expected {s.num_classes} "
+                           f"sorted distinct wnids. {_fix_hint(name)}")
+    return tuple(rows)
+
+
+def class_names(name: str, root: Path | None = None) -> list[str]:
+    """Short class names, label i first: the first synonym of each line of :func:`class_table`."""
+    return [words.split(",")[0].strip() for _, words in class_table(name, root)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Views. Each maps uint8 [N, C, H, W] to uint8 [N, C', H', W']; none normalises.
 # ----------------------------------------------------------------------------------------------
@@ -378,30 +440,182 @@ def _check_uint8(x: torch.Tensor) -> None:
         raise TypeError("expected a uint8 tensor [N, C, H, W] (use ood_core.data.load(...).x)")
 
 
+# ----------------------------------------------------------------------------------------------
+# Named views "<dataset>:<view>" for ood_sets: a registry, one entry per view.
+# ----------------------------------------------------------------------------------------------
+
+#: CIFAR-10's classes in label order.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class ClassOverlap(NamedTuple):
+    """A class of another dataset that falls inside a CIFAR-10 class."""
+
+    cifar10_class: str  # one of CIFAR10_CLASSES
+    words: str  # the class's line in the dataset's class file
+
+
+#: The TinyImageNet-200 classes that fall inside a CIFAR-10 class (wnid -> CIFAR-10 class, words):
+#: 23 classes, 1,150 of the 10,000 validation images. The view ``"tiny_imagenet:cifar10_disjoint"``
+#: drops them, as OpenOOD v1.5 drops the TinyImageNet images overlapping CIFAR-10 from its near-OOD
+#: "tin" set (OpenOOD ships its own image list, not reproduced here, so its counts differ from ours).
+#:
+#: How the line is drawn. CIFAR-10's own definitions: "automobile" is sedans, SUVs and the like;
+#: "truck" is big trucks only; neither includes pickup trucks. Where those leave a case open, CIFAR-100
+#: -- drawn from the same Tiny Images pool with classes disjoint from CIFAR-10's, and the other
+#: near-OOD set for CIFAR-10 -- fixes the boundary: it has its own bus, streetcar, train, tractor,
+#: lawn-mower, rocket, lion, leopard, tiger, camel and cattle classes (so these are not CIFAR-10
+#: classes), and no bird, frog, dog, domestic-cat or boat class (those belong to CIFAR-10).
+#:
+#: Kept (not in any CIFAR-10 class), the borderline ones:
+#:   * school bus, trolleybus -- buses (CIFAR-100 "bus", "streetcar"), not automobiles or trucks;
+#:   * tractor, lawn mower -- CIFAR-100 classes; go-kart -- a small open racing kart, not a car of
+#:     the sedan/SUV kind; jinrikisha -- a hand-pulled cart;
+#:   * crane -- the lifting machine (WordNet's sense), not a vehicle class, though some are truck-mounted;
+#:   * freight car, bullet train -- rail (CIFAR-100 "train"); projectile/missile -- CIFAR-100 "rocket",
+#:     not an airplane;
+#:   * cougar, lion -- wild cats (CIFAR-100 "lion", "leopard", "tiger"); CIFAR-10 "cat" is the house cat;
+#:   * gazelle -- an antelope (a bovid), not a deer; the closest call, kept as a hard near-OOD class;
+#:     ox, bison, bighorn, Arabian camel likewise are neither deer nor horses;
+#:   * European fire salamander -- an amphibian but not a frog; birdhouse -- an object.
+#: Dropped, the borderline ones: police van (a prisoner van, built like a delivery truck: "truck";
+#: dropped either way, as automobile or truck); gondola (a boat: CIFAR-10 "ship" is the only class
+#: that can hold boats); king penguin (a bird). TinyImageNet has no airplane, deer or horse class.
+TINY_IMAGENET_IN_CIFAR10: dict[str, ClassOverlap] = {
+    "n01641577": ClassOverlap("frog", "bullfrog, Rana catesbeiana"),
+    "n01644900": ClassOverlap("frog", "tailed frog, bell toad, ribbed toad, tailed toad, Ascaphus trui"),
+    "n01855672": ClassOverlap("bird", "goose"),
+    "n02002724": ClassOverlap("bird", "black stork, Ciconia nigra"),
+    "n02056570": ClassOverlap("bird", "king penguin, Aptenodytes patagonica"),
+    "n02058221": ClassOverlap("bird", "albatross, mollymawk"),
+    "n02085620": ClassOverlap("dog", "Chihuahua"),
+    "n02094433": ClassOverlap("dog", "Yorkshire terrier"),
+    "n02099601": ClassOverlap("dog", "golden retriever"),
+    "n02099712": ClassOverlap("dog", "Labrador retriever"),
+    "n02106662": ClassOverlap("dog", "German shepherd, German shepherd dog, German police dog, alsatian"),
+    "n02113799": ClassOverlap("dog", "standard poodle"),
+    "n02123045": ClassOverlap("cat", "tabby, tabby cat"),
+    "n02123394": ClassOverlap("cat", "Persian cat"),
+    "n02124075": ClassOverlap("cat", "Egyptian cat"),
+    "n02814533": ClassOverlap("automobile", "beach wagon, station wagon, wagon, estate car, beach waggon, "
+                                            "station waggon, waggon"),
+    "n03100240": ClassOverlap("automobile", "convertible"),
+    "n03670208": ClassOverlap("automobile", "limousine, limo"),
+    "n04285008": ClassOverlap("automobile", "sports car, sport car"),
+    "n03796401": ClassOverlap("truck", "moving van"),
+    "n03977966": ClassOverlap("truck", "police van, police wagon, paddy wagon, patrol wagon, wagon, black Maria"),
+    "n03447447": ClassOverlap("ship", "gondola"),
+    "n03662601": ClassOverlap("ship", "lifeboat"),
+}
+
+
+def overlap_labels(name: str, overlap: dict[str, ClassOverlap], root: Path | None = None) -> list[int]:
+    """The labels ``y`` of the classes in ``overlap`` (wnid -> :class:`ClassOverlap`), sorted.
+
+    Each wnid is looked up in the dataset's verified :func:`class_table` and its words must match the
+    constant's, so a mirror with another class order or another class list fails loudly.
+    """
+    index = {wnid: (i, words) for i, (wnid, words) in enumerate(class_table(name, root))}
+    labels = []
+    for wnid, ov in overlap.items():
+        if wnid not in index or index[wnid][1] != ov.words:
+            found = index[wnid][1] if wnid in index else "absent"
+            raise DatasetError(f"{name}: class {wnid} ({ov.words!r}) does not match the class file "
+                               f"({found!r}); the class list differs from the one this package was written for")
+        labels.append(index[wnid][0])
+    return sorted(labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """A named view of a dataset, written ``"<dataset>:<key>"`` in :func:`ood_sets` and :func:`load_view`.
+
+    ``keep(images, dataset, root)`` returns a boolean mask of the rows to keep; it runs on the whole
+    split, before the seeded subset. ``pixels(x)`` maps uint8 ``[N, C, H, W]`` images one by one (so it
+    commutes with subsetting) and runs after it. The display name gains ``" (label)"``.
+    """
+
+    label: str
+    pixels: Callable[[torch.Tensor], torch.Tensor] | None = None
+    keep: Callable[[ImageSet, str, Path | None], torch.Tensor] | None = None
+    datasets: tuple[str, ...] | None = None  # the datasets it applies to; None: any
+
+
+def _outside_cifar10(images: ImageSet, name: str, root: Path | None) -> torch.Tensor:
+    dropped = torch.tensor(overlap_labels(name, TINY_IMAGENET_IN_CIFAR10, root), dtype=torch.int64)
+    return ~torch.isin(images.y, dropped)
+
+
+#: Every view :func:`ood_sets` accepts after a colon.
+VIEWS: dict[str, View] = {
+    # Nalisnick et al.'s graying experiment: luma, repeated to three channels.
+    "gray": View("gray", pixels=to_grayscale),
+    # OpenOOD-style near-OOD TinyImageNet for CIFAR-10: TINY_IMAGENET_IN_CIFAR10 removed by label.
+    "cifar10_disjoint": View("CIFAR-10 classes removed", keep=_outside_cifar10, datasets=("tiny_imagenet",)),
+}
+
+
+def _parse(name: str) -> tuple[str, View | None]:
+    base, sep, key = name.partition(":")
+    if base not in SYNTHETIC:
+        spec(base)  # an unknown dataset: a clear error
+    if not sep:
+        return base, None
+    if key not in VIEWS:
+        raise DatasetError(f"unknown view {key!r} in {name!r}; known views: {', '.join(sorted(VIEWS))}")
+    view = VIEWS[key]
+    if base in SYNTHETIC or (view.datasets is not None and base not in view.datasets):
+        allowed = ", ".join(view.datasets) if view.datasets else "any mirrored dataset"
+        raise DatasetError(f"view {key!r} does not apply to {base!r}; it applies to {allowed}")
+    return base, view
+
+
+def _split_for(s: DatasetSpec, split: str) -> str:
+    # A single-split set (Textures' "test", TinyImageNet's "val") serves whatever split is asked for.
+    return split if split in s.splits else next(iter(s.splits))
+
+
+def load_view(name: str, split: str = "test", n: int | None = None, seed: int = 0,
+              root: Path | None = None) -> ImageSet:
+    """``"<dataset>"`` or ``"<dataset>:<view>"`` (see :data:`VIEWS`), then ``n`` images by :meth:`ImageSet.subset`.
+
+    Rows are selected by the view before the seeded subset, pixels mapped after it; the images keep
+    their stored shape (:func:`ood_sets` brings them to a model's). A dataset with one split serves
+    any ``split`` asked for.
+    """
+    base, view = _parse(name)
+    s = load(base, _split_for(spec(base), split), root)
+    if view is not None and view.keep is not None:
+        mask = view.keep(s, base, root)
+        s = ImageSet(s.x[mask], s.y[mask], s.name, s.note)
+    s = s.subset(n, seed)
+    if view is not None:
+        x = view.pixels(s.x) if view.pixels is not None else s.x
+        s = ImageSet(x, s.y, f"{s.name} ({view.label})", s.note)
+    return s
+
+
 def ood_sets(shape: tuple[int, int, int], names: list[str], n: int | None = None, seed: int = 0,
              split: str = "test", root: Path | None = None) -> tuple[dict[str, ImageSet], dict[str, str]]:
     """The OOD sets named in ``names`` in the model's input ``shape``, and why any were skipped.
 
     A name is a dataset (``"mnist"``), a synthetic set (``"uniform"``, ``"gaussian"``,
-    ``"constant"``) or ``"<dataset>:gray"`` for the grayscale view of a colour set. A dataset whose
-    files are absent is skipped, with the reason returned, so chapters still run and can say so.
+    ``"constant"``) or ``"<dataset>:<view>"`` with a view of :data:`VIEWS` (``"cifar10:gray"``,
+    ``"tiny_imagenet:cifar10_disjoint"``). A dataset whose files are absent is skipped, with the reason
+    returned, so chapters still run and can say so; an unknown name or view raises.
     """
+    parsed = {name: _parse(name) for name in names}  # check every name before reading anything
     sets, missing = {}, {}
-    for name in names:
-        base, _, view = name.partition(":")
+    for name, (base, _) in parsed.items():
         if base in SYNTHETIC:
             s = synthetic(base, n or 1000, shape, seed=seed)
         else:
             sp = spec(base)
-            this_split = split if split in sp.splits else next(iter(sp.splits))
-            if not available(base, this_split, root):
+            if not available(base, _split_for(sp, split), root):
                 missing[name] = f"{sp.title}: not in the mirror ({(Path(root) if root else data_root()) / base})"
                 continue
-            s = load(base, this_split, root).subset(n, seed)
-            if view == "gray":
-                s = ImageSet(to_grayscale(s.x), s.y, f"{s.name} (gray)", s.note)
-        x = to_shape(s.x, shape)
-        sets[name] = ImageSet(x, s.y, s.name, s.note)
+            s = load_view(name, split, n, seed, root)
+        sets[name] = ImageSet(to_shape(s.x, shape), s.y, s.name, s.note)
     return sets, missing
 
 
@@ -436,26 +650,34 @@ def provenance(name: str, root: Path | None = None) -> dict:
     root = Path(root) if root is not None else data_root()
     readme = root / name / "README.md"
     text = readme.read_text() if readme.is_file() else ""
-    source = _section_first_item(text, "Source")
-    lic = next((ln for ln in text.splitlines() if "License" in ln), "")
-    lic = re.sub(r"^[-*\s]*", "", lic)
+    source_items = _section_items(text, "Source")
+    lic = next((item for item in source_items if "license" in item.lower()), "")
+    if not lic:  # READMEs that state the license outside the Source section
+        lic = next((ln for ln in text.splitlines() if "License" in ln), "")
+        lic = re.sub(r"^[-*\s]*", "", lic)
     return {
         "dataset": s.title,
         "splits": ", ".join(f"{k} ({sum(s.label_counts.get(k, [])) or '?'})" for k in s.splits),
         "shape": "x".join(map(str, (s.shape[1], s.shape[2], s.shape[0]))),
-        "source": source,
+        "source": source_items[0] if source_items else "",
         "license": lic,
         "sha256 (first file)": next(iter(s.sha256.values()), "")[:16] + "…" if s.sha256 else "n/a",
         "note": s.note,
     }
 
 
-def _section_first_item(text: str, heading: str) -> str:
+def _section_items(text: str, heading: str) -> list[str]:
+    """The bullet items of a README section, each with its wrapped continuation lines joined."""
     m = re.search(rf"^## {heading}\s*\n(.*?)(?:\n## |\Z)", text, flags=re.S | re.M)
     if not m:
-        return ""
-    first = next((ln for ln in m.group(1).splitlines() if ln.strip().startswith("-")), "")
-    return re.sub(r"^[-*\s]*", "", first).strip()
+        return []
+    items: list[str] = []
+    for ln in m.group(1).splitlines():
+        if ln.lstrip().startswith(("- ", "* ")):
+            items.append(re.sub(r"^[-*\s]*", "", ln).strip())
+        elif items and ln.strip() and ln[:1].isspace():
+            items[-1] += " " + ln.strip()
+    return items
 
 
 def verify(root: Path | None = None) -> list[dict]:

@@ -1,5 +1,6 @@
 """The data layer against the mirror: shapes, dtypes, label histograms, checksums, views."""
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -187,3 +188,166 @@ def test_decoded_cache_is_reused_and_a_tampered_cache_ignored(tmp_path, monkeypa
     x2, _ = data.load_numpy("mnist", "test")  # the tampered cache fails its content hash: re-decoded
     assert np.array_equal(x1, x2)
     data._read_file.cache_clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# TinyImageNet-200 validation split, its class file and the CIFAR-10-disjoint view.
+# ----------------------------------------------------------------------------------------------
+
+needs_tin = pytest.mark.skipif(not data.available("tiny_imagenet", "val"), reason="TinyImageNet not in the mirror")
+TIN_DISJOINT = "tiny_imagenet:cifar10_disjoint"
+
+
+def _tin_readme_sha256() -> dict[str, str]:
+    """The sha256 column of the mirror README's Contents table (independent of our manifest)."""
+    text = (ROOT / "tiny_imagenet" / "README.md").read_text()
+    return dict(re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$", text, flags=re.M))
+
+
+def _tin_dropped_labels() -> list[int]:
+    """Labels of the constant's wnids, found by reading classes.txt directly (not through data.py)."""
+    lines = (ROOT / "tiny_imagenet" / "classes.txt").read_text().splitlines()
+    wnids = [ln.split("\t")[0] for ln in lines]
+    return sorted(wnids.index(w) for w in data.TINY_IMAGENET_IN_CIFAR10)
+
+
+@needs_tin
+def test_tiny_imagenet_verifies_against_manifest_and_mirror_readme():
+    s = data.spec("tiny_imagenet")
+    readme = _tin_readme_sha256()
+    assert data.sha256_file(ROOT / "tiny_imagenet" / "val.npz") == s.sha256["val.npz"] == readme["val.npz"]
+    assert data.sha256_file(ROOT / "tiny_imagenet" / "classes.txt") == s.class_file_sha256 == readme["classes.txt"]
+    x, y = data.load_numpy("tiny_imagenet", "val")
+    assert x.dtype == np.uint8 and x.shape == (10000, 32, 32, 3) and y.dtype == np.int64
+    assert data.content_sha256(x, y) == s.content_sha256["val.npz"]
+    assert np.bincount(y, minlength=200).tolist() == [50] * 200 == s.label_counts["val"]
+    assert {r["split"]: r["status"] for r in data.verify() if r["dataset"] == "tiny_imagenet"} == {"val": "ok"}
+    st = data.channel_stats(data.load("tiny_imagenet", "val").x)  # README: per-channel mean / std
+    np.testing.assert_allclose(st["mean"], [0.4829, 0.4500, 0.3986], atol=1e-4)
+    np.testing.assert_allclose(st["std"], [0.2620, 0.2541, 0.2687], atol=1e-4)
+
+
+@needs_tin
+def test_tiny_imagenet_class_table_and_label_order():
+    table = data.class_table("tiny_imagenet")
+    wnids = [w for w, _ in table]
+    assert len(table) == 200 and wnids == sorted(set(wnids))
+    assert data.class_names("tiny_imagenet")[:3] == ["goldfish", "European fire salamander", "bullfrog"]
+    _, y = data.load_numpy("tiny_imagenet", "val")
+    assert wnids[y[0]] == "n03444034"  # README: val_0.JPEG is n03444034 (go-kart) in val_annotations.txt
+    assert data.class_names("tiny_imagenet")[y[0]] == "go-kart"
+
+
+@needs_tin
+def test_cifar10_overlap_constant_matches_class_file_and_readme():
+    table = dict(data.class_table("tiny_imagenet"))
+    ov = data.TINY_IMAGENET_IN_CIFAR10
+    assert len(ov) == 23
+    assert all(o.cifar10_class in data.CIFAR10_CLASSES for o in ov.values())
+    assert all(table[w] == o.words for w, o in ov.items())
+    # every class the mirror README names as falling inside CIFAR-10 is in the constant
+    text = (ROOT / "tiny_imagenet" / "README.md").read_text()
+    section = re.search(r"^## Class overlap with CIFAR-10\n(.*?)\n## ", text, flags=re.S | re.M).group(1)
+    named = set(re.findall(r"`([^`]+)`", section)) - {"y"}
+    assert named <= {o.words.split(",")[0] for o in ov.values()}
+    assert data.overlap_labels("tiny_imagenet", ov) == _tin_dropped_labels()
+
+
+@needs_tin
+def test_cifar10_disjoint_view_drops_exactly_the_listed_classes():
+    full = data.load("tiny_imagenet", "val")
+    view = data.load_view(TIN_DISJOINT)
+    dropped = _tin_dropped_labels()
+    assert len(view) == 10000 - 50 * len(dropped) == 8850
+    counts = np.bincount(view.y.numpy(), minlength=200)
+    assert counts[dropped].tolist() == [0] * 23
+    assert np.delete(counts, dropped).tolist() == [50] * 177
+    keep = ~np.isin(full.y.numpy(), dropped)  # the view is the full set's rows outside those classes, in order
+    assert torch.equal(view.x, full.x[torch.from_numpy(keep)]) and torch.equal(view.y, full.y[torch.from_numpy(keep)])
+    assert view.name == "TinyImageNet val (CIFAR-10 classes removed)"
+
+
+@needs_tin
+def test_cifar10_disjoint_ood_set_is_seeded_and_drawn_from_the_view():
+    a, _ = data.ood_sets((3, 32, 32), [TIN_DISJOINT], n=100, seed=0)
+    b, _ = data.ood_sets((3, 32, 32), [TIN_DISJOINT], n=100, seed=0)
+    c, _ = data.ood_sets((3, 32, 32), [TIN_DISJOINT], n=100, seed=1)
+    a, b, c = a[TIN_DISJOINT], b[TIN_DISJOINT], c[TIN_DISJOINT]
+    assert tuple(a.x.shape) == (100, 3, 32, 32) and a.x.dtype == torch.uint8
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and not torch.equal(a.x, c.x)
+    assert not np.isin(a.y.numpy(), _tin_dropped_labels()).any()
+    full = data.load("tiny_imagenet", "val")  # every image is one of the full set's, with its label
+    rows = {bytes(img.numpy()): int(lab) for img, lab in zip(full.x, full.y)}
+    assert all(rows.get(bytes(img.numpy())) == int(lab) for img, lab in zip(a.x, a.y))
+    # "test" is served by the only split, "val"; the whole set (n=None) is the 8,850 images
+    whole, _ = data.ood_sets((3, 32, 32), [TIN_DISJOINT, "tiny_imagenet"], split="test")
+    assert len(whole[TIN_DISJOINT]) == 8850 and len(whole["tiny_imagenet"]) == 10000
+
+
+@needs_mirror
+def test_gray_view_is_the_luma_of_the_seeded_subset():
+    sets, _ = data.ood_sets((3, 32, 32), ["cifar10:gray"], n=50, seed=3)
+    expected = data.to_grayscale(data.load("cifar10", "test").subset(50, seed=3).x)
+    assert torch.equal(sets["cifar10:gray"].x, expected)
+    assert sets["cifar10:gray"].name == "CIFAR-10 test (gray)"
+
+
+def test_unknown_or_misapplied_view_raises_before_reading():
+    with pytest.raises(data.DatasetError, match="unknown view 'grey'.*cifar10_disjoint, gray"):
+        data.ood_sets((3, 32, 32), ["uniform", "cifar10:grey"])
+    with pytest.raises(data.DatasetError, match="does not apply to 'cifar10'.*tiny_imagenet"):
+        data.ood_sets((3, 32, 32), ["cifar10:cifar10_disjoint"])
+    with pytest.raises(data.DatasetError, match="unknown dataset 'tinyimagenet'"):
+        data.ood_sets((3, 32, 32), ["tinyimagenet:gray"])
+
+
+def test_absent_tiny_imagenet_is_reported_not_raised(tmp_path):
+    sets, missing = data.ood_sets((3, 32, 32), [TIN_DISJOINT, "uniform"], n=4, root=tmp_path)
+    assert set(sets) == {"uniform"} and "TinyImageNet: not in the mirror" in missing[TIN_DISJOINT]
+    with pytest.raises(data.DatasetError, match=r"missing class-name file .*classes\.txt"):
+        data.class_table("tiny_imagenet", tmp_path)
+    with pytest.raises(data.DatasetError, match="ships no class-name file"):
+        data.class_table("cifar10")
+
+
+def _tin_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "mirror"
+    (root / "tiny_imagenet").mkdir(parents=True)
+    for f in ("val.npz", "classes.txt"):
+        shutil.copy(ROOT / "tiny_imagenet" / f, root / "tiny_imagenet" / f)
+    return root
+
+
+@needs_tin
+def test_corrupt_tiny_imagenet_images_are_rejected(tmp_path):
+    root = _tin_copy(tmp_path)
+    x, y = data.load_numpy("tiny_imagenet", "val")
+    x = x.copy()
+    x[1234, 5, 6, 2] ^= 1  # one flipped bit
+    np.savez(root / "tiny_imagenet" / "val.npz", x=x, y=y)
+    with pytest.raises(data.DatasetError, match=r"val\.npz is corrupt"):
+        data.ood_sets((3, 32, 32), [TIN_DISJOINT], n=10, root=root)
+
+
+@needs_tin
+def test_corrupt_or_malformed_class_file_is_rejected(tmp_path, monkeypatch):
+    root = _tin_copy(tmp_path)
+    path = root / "tiny_imagenet" / "classes.txt"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines).replace("\tgondola\n", "\tgondola, Venetian boat\n"))
+    with pytest.raises(data.DatasetError, match=r"classes\.txt is corrupt"):
+        data.load_view(TIN_DISJOINT, root=root)
+    # without the manifest hash, the format checks and the constant's words still catch it
+    monkeypatch.setitem(data.MANIFEST, "tiny_imagenet",
+                        dataclasses.replace(data.spec("tiny_imagenet"), class_file_sha256=""))
+    with pytest.raises(data.DatasetError, match="n03447447 .*does not match the class file"):
+        data.load_view(TIN_DISJOINT, root=root)
+    path.write_text("".join(lines[:-1]))
+    with pytest.raises(data.DatasetError, match="199 lines"):
+        data.class_table("tiny_imagenet", root)
+    path.write_text("".join(lines).replace("n01443537\t", "n01443537 "))
+    with pytest.raises(data.DatasetError, match=r"line 1: expected 'wnid<TAB>words'"):
+        data.class_table("tiny_imagenet", root)
+    path.write_text("".join([lines[1], lines[0], *lines[2:]]))
+    with pytest.raises(data.DatasetError, match="not sorted"):
+        data.class_table("tiny_imagenet", root)
