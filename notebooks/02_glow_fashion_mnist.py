@@ -33,7 +33,8 @@ device: str = "cpu"  # torch device for training and scoring
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from ood_core import glow_study as gs, plots
+from ood_core import claims, likelihood_study as ls, names, plots
+from ood_core.experiment import missing_note
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -42,7 +43,7 @@ plots.setup()
 print(run.label, "|", P.description)
 
 # %%
-ev = gs.evaluate(run, P.glow.n_eval, P.glow.ood["fashion_mnist"], seed=seed, device=device)
+ev = ls.evaluate(run, P.glow.n_eval, P.glow.ood["fashion_mnist"], seed=seed, device=device)
 meta = ev.trained.meta
 display(Markdown(f"Trained {meta['steps']} steps on {meta['n_train']:,} images in {meta['wall_time_s']:.0f} s "
                  f"({meta['hardware'].get('gpu', 'CPU')}; cached: rerunning this notebook does not retrain)."))
@@ -68,18 +69,18 @@ plt.show()
 # %%
 table = ev.table
 display(table.round(3))
-display(Markdown(gs.missing_note(ev.missing)))
+display(Markdown(missing_note(ev.missing)))
 
 # %%
-mnist_auroc = table.loc["MNIST test", "AUROC % (ID test vs set, score = log p)"]
-gap = table.loc["FashionMNIST test", "mean bpd"] - table.loc["MNIST test", "mean bpd"]
-verdict = "reproduced" if gap > 0 else "not reproduced"
+CLAIM = "glow_fashion_mnist_prefers_mnist"
+id_name, ood_name = ev.names[names.ID_TEST], ev.names["mnist"]
+evidence = claims.inversion_evidence(table, id_name, ood_name)
+row = claims.record(CLAIM, evidence, P.name, seed)
 display(Markdown(
-    f"**Verdict ({P.name} profile): the inversion is {verdict}.** MNIST-test gets "
-    f"{table.loc['MNIST test', 'mean bpd']:.3f} bits/dim against {table.loc['FashionMNIST test', 'mean bpd']:.3f} "
-    f"for FashionMNIST-test (a gap of {gap:.3f}; paper: 2.958 − 1.833 = 1.125), and likelihood separates "
-    f"them with AUROC {mnist_auroc:.1f} %. The absolute values are higher than the paper's because "
-    f"this model is smaller and trained for far fewer steps."))
+    f"**Verdict ({P.name} profile): {row['verdict']}.** {row['our evidence']} (a gap of "
+    f"{evidence['id_bpd'] - evidence['ood_bpd']:.3f} bits/dim; paper: 2.958 − 1.833 = 1.125). Rule: "
+    f"{claims.claim(CLAIM).rule.text}. The absolute values are higher than the paper's because this model is "
+    "smaller and trained for far fewer steps."))
 
 # %% [markdown]
 # ## Paper-profile results (GPU), when present
@@ -89,18 +90,20 @@ display(Markdown(
 
 # %%
 paper_run = get_profile("paper").glow.runs["fashion_mnist"]
-paper = gs.published(paper_run)
+paper = ls.published(paper_run)
 if paper is None:
     display(Markdown(f"No paper-profile results for *{paper_run.label}* under `results/` yet."))
 else:
-    names = paper["names"]
     fig, ax = plt.subplots(figsize=(8, 4))
-    plots.score_histograms({names[k]: paper["scores"][k]["bpd"] for k in names if "noise" not in names[k]},
+    plots.score_histograms({k: v for k, v in paper.column("bpd").items() if "noise" not in k},
                            "bits/dim", ax=ax, title=f"paper profile: {paper_run.label}")
     plt.show()
-    display(Markdown(f"Trained on {paper['meta']['hardware'].get('gpu', 'CPU')} for {paper['meta']['steps']} steps "
-                     f"({paper['meta']['wall_time_s'] / 60:.1f} min), {paper['meta']['created']}."))
-    display(gs.published_table(paper_run, paper).round(3))
+    display(Markdown(f"Trained on {paper.hardware} for {paper.meta['steps']} steps "
+                     f"({paper.meta['wall_time_s'] / 60:.1f} min), {paper.meta['created']}."))
+    display(paper.table.round(3))
+    paper_row = claims.record(CLAIM, claims.inversion_evidence(paper.table, id_name, ood_name), P.name, seed,
+                              source=f"paper profile ({paper.hardware})")
+    display(Markdown(f"**Verdict (paper profile): {paper_row['verdict']}.** {paper_row['our evidence']}."))
 
 # %% [markdown]
 # ## Summary

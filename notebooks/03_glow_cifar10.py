@@ -29,7 +29,8 @@ device: str = "cpu"  # torch device for training and scoring
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from ood_core import glow_study as gs, plots
+from ood_core import claims, likelihood_study as ls, names, plots
+from ood_core.experiment import missing_note
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -38,11 +39,11 @@ plots.setup()
 print(run.label, "|", P.description)
 
 # %%
-ev = gs.evaluate(run, P.glow.n_eval, P.glow.ood["cifar10"], seed=seed, device=device)
+ev = ls.evaluate(run, P.glow.n_eval, P.glow.ood["cifar10"], seed=seed, device=device)
 meta = ev.trained.meta
 display(Markdown(f"Trained {meta['steps']} steps on {meta['n_train']:,} images in {meta['wall_time_s']:.0f} s "
                  f"({meta['hardware'].get('gpu', 'CPU')})."))
-display(Markdown(gs.missing_note(ev.missing)))
+display(Markdown(missing_note(ev.missing)))
 
 # %% [markdown]
 # ## Bits/dim histograms
@@ -64,8 +65,17 @@ table = ev.table
 display(table.round(3))
 
 # %%
-auroc = table.filter(like="AUROC").iloc[:, 0].dropna()
+auroc = table[names.AUROC_LOGP].dropna()
 preferred = auroc[auroc < 50].index.tolist()
+id_name = ev.names[names.ID_TEST]
+rows = [claims.record(claim_id, claims.inversion_evidence(table, id_name, ev.names[key]), P.name, seed)
+        for claim_id, key in (("glow_cifar10_prefers_mnist", "mnist"), ("glow_cifar10_prefers_gray", "cifar10:gray"))]
+if "svhn" in ev.sets:
+    rows.insert(0, claims.record("glow_cifar10_prefers_svhn", claims.inversion_evidence(table, id_name, ev.names["svhn"]),
+                                 P.name, seed))
+else:
+    rows.insert(0, claims.not_testable("glow_cifar10_prefers_svhn", "SVHN is not in the offline mirror", P.name, seed))
+display(claims.ledger_rows(rows))
 display(Markdown(
     f"**Verdict ({P.name} profile).** SVHN, the paper's set, is "
     f"{'present' if 'svhn' in ev.sets else 'absent'} here, so the headline number cannot be compared "
@@ -79,19 +89,17 @@ display(Markdown(
 
 # %%
 paper_run = get_profile("paper").glow.runs["cifar10"]
-paper = gs.published(paper_run)
+paper = ls.published(paper_run)
 if paper is None:
     display(Markdown(f"No paper-profile results for *{paper_run.label}* under `results/` yet."))
 else:
-    names = paper["names"]
     fig, ax = plt.subplots(figsize=(8, 4))
-    plots.score_histograms({names[k]: paper["scores"][k]["bpd"] for k in names
-                            if "noise" not in names[k] and names[k] != "constant"},
+    plots.score_histograms({k: v for k, v in paper.column("bpd").items() if "noise" not in k and k != "constant"},
                            "bits/dim", ax=ax, title=f"paper profile: {paper_run.label}")
     plt.show()
-    display(Markdown(f"Trained on {paper['meta']['hardware'].get('gpu', 'CPU')} for {paper['meta']['steps']} steps "
-                     f"({paper['meta']['wall_time_s'] / 60:.1f} min), {paper['meta']['created']}."))
-    display(gs.published_table(paper_run, paper).round(3))
+    display(Markdown(f"Trained on {paper.hardware} for {paper.meta['steps']} steps "
+                     f"({paper.meta['wall_time_s'] / 60:.1f} min), {paper.meta['created']}."))
+    display(paper.table.round(3))
 
 # %% [markdown]
 # ## Summary

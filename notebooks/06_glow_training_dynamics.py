@@ -29,20 +29,21 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import glow_study as gs, plots
+from ood_core import claims, likelihood_study as ls, names, plots
+from ood_core.experiment import train_or_load
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 plots.setup()
-runs = [P.glow.runs[ds].with_coupling(c) for ds in ("fashion_mnist", "cifar10") for c in ("affine", "additive")]
-trained = [gs.train_glow(r, device=device) for r in runs]
+runs = [P.glow.runs[ds].with_model(coupling=c) for ds in ("fashion_mnist", "cifar10") for c in ("affine", "additive")]
+trained = [train_or_load(r, device=device) for r in runs]
 
 # %%
 fig, axes = plt.subplots(1, len(trained), figsize=(4.2 * len(trained), 3.6), sharey=False)
 for ax, t in zip(axes, trained):
-    h = t.history.melt(id_vars=["step"], value_vars=[c for c in t.history if c.startswith("bpd: ")],
+    h = t.history.melt(id_vars=["step"], value_vars=[c for c in t.history if c.startswith(names.CURVE_PREFIX)],
                        var_name="set", value_name="bits/dim")
-    h["set"] = h["set"].str.removeprefix("bpd: ")
+    h["set"] = h["set"].str.removeprefix(names.CURVE_PREFIX)
     sns.lineplot(h, x="step", y="bits/dim", hue="set", marker="o", ax=ax)
     ax.set_title(t.run.label, fontsize=9)
 fig.tight_layout()
@@ -52,19 +53,21 @@ plt.show()
 rows = []
 for t in trained:
     h = t.history
-    ood_cols = [c for c in h if c.startswith("bpd: ") and c not in ("bpd: ID train", "bpd: ID test")]
+    id_col = names.curve_column(names.ID_TEST)
+    ood_cols = [c for c in h if c.startswith(names.CURVE_PREFIX) and c not in map(names.curve_column, names.ID_KEYS)]
     for c in ood_cols:
-        below = (h[c] < h["bpd: ID test"]).mean()
-        rows.append({"model": t.run.label, "OOD set": c.removeprefix("bpd: "), "evaluations": len(h),
+        below = (h[c] < h[id_col]).mean()
+        rows.append({"model": t.run.label, names.OOD_SET: c.removeprefix(names.CURVE_PREFIX), "evaluations": len(h),
                      "share of evaluations with OOD below ID test": below,
-                     "final ID test": h["bpd: ID test"].iloc[-1], "final OOD": h[c].iloc[-1]})
-summary = pd.DataFrame(rows).set_index(["model", "OOD set"])
+                     "final ID test": h[id_col].iloc[-1], "final OOD": h[c].iloc[-1]})
+summary = pd.DataFrame(rows).set_index(["model", names.OOD_SET])
 display(summary.round(3))
-fm = summary.xs("MNIST test", level="OOD set").iloc[0]
+rows = [claims.record(claim_id, claims.throughout_evidence(t.history, "MNIST test"), P.name, seed)
+        for claim_id, t in (("fashion_mnist_mnist_throughout_training", trained[0]),
+                            ("cifar10_mnist_throughout_training", trained[2]))]
 display(Markdown(
-    f"**Verdict ({P.name} profile).** For {trained[0].run.label}, MNIST-test is below FashionMNIST-test in "
-    f"{fm['share of evaluations with OOD below ID test']:.0%} of the evaluations along training "
-    "(the paper: throughout training)."))
+    f"**Verdict ({P.name} profile): {rows[0]['verdict']}.** For {trained[0].run.label}: {rows[0]['our evidence']} "
+    f"(the paper: throughout training; rule: {claims.claim('fashion_mnist_mnist_throughout_training').rule.text})."))
 
 # %% [markdown]
 # ## Paper-profile curves (GPU), when present
@@ -72,16 +75,23 @@ display(Markdown(
 # %%
 for ds in ("fashion_mnist", "cifar10"):
     paper_run = get_profile("paper").glow.runs[ds]
-    paper = gs.published(paper_run)
+    paper = ls.published(paper_run)
     if paper is None:
         display(Markdown(f"No paper-profile results for *{paper_run.label}* under `results/` yet."))
         continue
-    h = paper["history"].melt(id_vars=["step"], value_vars=[c for c in paper["history"] if c.startswith("bpd: ")],
-                              var_name="set", value_name="bits/dim")
+    if ds == "fashion_mnist":
+        rows.append(claims.record("fashion_mnist_mnist_throughout_training",
+                                  claims.throughout_evidence(paper.history, "MNIST test"), P.name, seed,
+                                  source=f"paper profile ({paper.hardware})"))
+    h = paper.history.melt(id_vars=["step"], value_vars=[c for c in paper.history if c.startswith(names.CURVE_PREFIX)],
+                           var_name="set", value_name="bits/dim")
     fig, ax = plt.subplots(figsize=(6, 3.6))
     sns.lineplot(h, x="step", y="bits/dim", hue="set", marker="o", ax=ax)
     ax.set_title(f"paper profile: {paper_run.label}", fontsize=9)
     plt.show()
+
+# %%
+display(claims.ledger_rows(rows))
 
 # %% [markdown]
 # ## Summary

@@ -74,7 +74,8 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from ood_core import analysis as an, data, glow_study as gs, ledger, plots
+from ood_core import analysis as an, claims, data, likelihood_study as ls, names, plots
+from ood_core.experiment import missing_note
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -83,16 +84,16 @@ n_probes = P.analysis.n_probes  # Rademacher probes of the Hutchinson trace esti
 n_taylor = P.analysis.n_taylor  # images per set for the full-covariance Taylor check (one Hessian-vector product each)
 DATASETS = ("fashion_mnist", "cifar10")
 COUPLINGS = {"additive": "CV-Glow", "affine": "Glow"}
-evals = {(ds, coupling): gs.evaluate(P.glow.runs[ds].with_coupling(coupling), P.glow.n_eval, P.glow.ood[ds],
+evals = {(ds, coupling): ls.evaluate(P.glow.runs[ds].with_model(coupling=coupling), P.glow.n_eval, P.glow.ood[ds],
                                      seed=seed, device=device)
          for ds in DATASETS for coupling in COUPLINGS}
 # the real-image OOD sets of each ID dataset (synthetic noise is left out: it is not a "nearby" dataset)
 real_ood = {ds: [k for k in evals[(ds, "additive")].sets
-                 if k not in ("ID train", "ID test") and k.partition(":")[0] not in data.SYNTHETIC]
+                 if k not in names.ID_KEYS and k.partition(":")[0] not in data.SYNTHETIC]
             for ds in DATASETS}
-x0 = {ds: an.model_space_mean(evals[(ds, "additive")].sets["ID train"].x) for ds in DATASETS}
+x0 = {ds: an.model_space_mean(evals[(ds, "additive")].sets[names.ID_TRAIN].x) for ds in DATASETS}
 for ds in DATASETS:
-    display(Markdown(f"**{data.spec(ds).title}.** " + gs.missing_note(evals[(ds, "additive")].missing)))
+    display(Markdown(f"**{data.spec(ds).title}.** " + missing_note(evals[(ds, "additive")].missing)))
 
 # %% [markdown]
 # ## Does the OOD data sit inside the ID data?
@@ -106,8 +107,8 @@ for ds in DATASETS:
 variance_tables = {}
 for ds in DATASETS:
     ev = evals[(ds, "additive")]
-    keys = ["ID test", *real_ood[ds]]
-    variance_tables[ds] = an.variance_table({k: ev.sets[k].x for k in keys}, "ID test",
+    keys = [names.ID_TEST, *real_ood[ds]]
+    variance_tables[ds] = an.variance_table({k: ev.sets[k].x for k in keys}, names.ID_TEST,
                                             names={k: ev.sets[k].name for k in keys})
     display(Markdown(f"**ID: {data.spec(ds).title}**"))
     display(variance_tables[ds].round(4))
@@ -119,7 +120,7 @@ for row, ds in zip(axes, DATASETS):
     long = pd.concat([pd.DataFrame({"per-pixel mean": (ev.sets[k].x.double() / 255).mean(0).flatten().numpy(),
                                     "per-pixel variance": data.channel_stats(ev.sets[k].x)["pixel_var"].flatten(),
                                     "set": ev.sets[k].name})
-                      for k in ["ID test", *real_ood[ds]]], ignore_index=True)
+                      for k in [names.ID_TEST, *real_ood[ds]]], ignore_index=True)
     sns.histplot(long, x="per-pixel mean", hue="set", stat="density", common_norm=False, element="step",
                  bins=50, ax=row[0])
     sns.histplot(long, x="per-pixel variance", hue="set", stat="density", common_norm=False, element="step",
@@ -138,9 +139,9 @@ plt.show()
 # %%
 tables = {}
 for (ds, coupling), ev in evals.items():
-    keys = ["ID test", *real_ood[ds]]
+    keys = [names.ID_TEST, *real_ood[ds]]
     tables[(ds, coupling)] = an.second_order_table(
-        ev.trained.model, {k: ev.sets[k].x for k in keys}, "ID test",
+        ev.trained.model, {k: ev.sets[k].x for k in keys}, names.ID_TEST,
         bpd={k: ev.scores[k]["bpd"] for k in keys}, x0=x0[ds], n_probes=n_probes, n_taylor=n_taylor,
         generator=torch.Generator().manual_seed(seed), names={k: ev.sets[k].name for k in keys}, seed=seed)
 second_order = pd.concat({f"{COUPLINGS[c]} on {data.spec(ds).title}": t for (ds, c), t in tables.items()},
@@ -228,12 +229,10 @@ cv_rows = cv_rows.join(lower_var)
 counts = {pred: (int(agreement.loc[pred, "sign agrees"]), int(agreement.loc[pred, "pairs"])) for pred in predictors}
 closed_ok, n_cv = counts["closed form (learned σ)"]
 taylor_ok, n_all = counts["Taylor, full Σ"]
-if closed_ok == n_cv:
-    status = "reproduced"
-elif closed_ok >= n_cv / 2 or taylor_ok >= n_all / 2:
-    status = "partly reproduced"
-else:
-    status = "not reproduced"
+row = claims.record("second_order_predicts_gap", {"closed_ok": closed_ok, "n_cv": n_cv, "taylor_ok": taylor_ok,
+                                                  "n_all": n_all, "eq5_ok": counts["eq. (5), diag. Σ: 1st + 2nd"][0]},
+                    P.name, seed)
+status = row["verdict"]
 lower = cv_rows[cv_rows["variance ratio"] < 1]
 lower_favoured = int((lower["measured"] > 0).sum())
 pair_text = "; ".join(f"{ood} vs {data.spec(ds).title}: measured {r['measured']:+.3f}, closed form "
@@ -252,10 +251,6 @@ display(Markdown(
     f"{pair_text}. Correlation of the closed-form and the network's per-channel curvature: " +
     ", ".join(f"{m} {v:.2f}" for m, v in curv_corr.items()) +
     ". SVHN, the paper's showcase pair, is absent from the mirror, so its Fig. 5 is not reproduced directly."))
-ledger.record("second_order", P.name, seed, "Nalisnick et al.",
-              "the second-order (curvature × variance) expansion predicts the gap",
-              f"signs right: closed form {closed_ok}/{n_cv}, eq. (5) diag. Σ "
-              f"{counts['eq. (5), diag. Σ: 1st + 2nd'][0]}/{n_all}, full-covariance Taylor {taylor_ok}/{n_all}", status)
 
 # %% [markdown]
 # ## Summary

@@ -42,7 +42,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from ood_core import analysis as an, glow_study as gs, likelihood, ledger, plots
+from ood_core import analysis as an, claims, likelihood, likelihood_study as ls, names, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -52,10 +52,10 @@ alphas = P.analysis.alphas  # blending weights toward gray; the first is 0
 n_probes = P.analysis.n_probes  # Rademacher probes of the Hutchinson trace estimates
 n_taylor = P.analysis.n_taylor  # images per alpha for the full-covariance Taylor check
 COUPLINGS = {"affine": "Glow", "additive": "CV-Glow"}
-evals = {name: gs.evaluate(P.glow.runs["cifar10"].with_coupling(coupling), P.glow.n_eval, P.glow.ood["cifar10"],
+evals = {name: ls.evaluate(P.glow.runs["cifar10"].with_model(coupling=coupling), P.glow.n_eval, P.glow.ood["cifar10"],
                            seed=seed, device=device)
          for coupling, name in COUPLINGS.items()}
-images = evals["Glow"].sets["ID test"].x[:n_gray]
+images = evals["Glow"].sets[names.ID_TEST].x[:n_gray]
 blended = {alpha: an.blend_gray(images, alpha) for alpha in alphas}
 display(Markdown(f"{len(images)} CIFAR-10 test images per α; α grid {list(alphas)}."))
 
@@ -120,14 +120,11 @@ last = f"α = {alphas[-1]:g}"
 eq5 = {name: prediction.loc[(name, last), "eq. (5), diag. Σ: 1st + 2nd"] for name in evals}
 taylor = {name: prediction.loc[(name, last), "Taylor, full Σ"] for name in evals}
 closed = prediction.loc[("CV-Glow", last), "closed form (σ=1)"]
-raised = [name for name in evals if gains[name] > 0]
-if len(raised) == len(evals) and all(monotone.values()):
-    status = "reproduced"
-elif raised:
-    status = "partly reproduced"
-else:
-    status = "not reproduced"
 var0, var1 = graying.xs("Glow", level="model")["mean per-pixel variance"].iloc[[0, -1]]
+row = claims.record("graying_raises_likelihood", {"gains": {name: float(gains[name]) for name in evals},
+                                                  "monotone": monotone, "var0": float(var0), "var1": float(var1)},
+                    P.name, seed)
+status = row["verdict"]
 display(Markdown(
     f"**Verdict ({P.name} profile): {status}.** Fully gray images (α = {alphas[-1]:g}) gain " +
     ", ".join(f"{gains[name]:+.3f} bits/dim under {name}" for name in evals) +
@@ -139,9 +136,6 @@ display(Markdown(
     "; the complete expansion with the full covariance " + ", ".join(f"{name} {taylor[name]:+.3f}" for name in evals) +
     " bits/dim. The paper reports that graying raises the likelihood."))
 
-ledger.record("graying", P.name, seed, "Nalisnick et al.", "graying images raises their likelihood",
-              "gain at α = 1: " + ", ".join(f"{name} {gains[name]:+.3f} bits/dim" for name in evals) +
-              f"; per-pixel variance {var0:.4f} → {var1:.4f}", status)
 
 # %% [markdown]
 # ## Summary

@@ -42,13 +42,13 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import generative_study as gen, glow_study as gs, ledger, plots
+from ood_core import claims, likelihood_study as ls, names, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 plots.setup()
 recipe = P.seeds.glow
-members = [gs.evaluate(recipe.with_seed(s), P.glow.n_eval, P.glow.ood["fashion_mnist"], seed=seed, device=device)
+members = [ls.evaluate(recipe.with_seed(s), P.glow.n_eval, P.glow.ood["fashion_mnist"], seed=seed, device=device)
            for s in P.seeds.seeds]
 wall = sum(m.trained.meta["wall_time_s"] for m in members)
 display(Markdown(f"{len(members)} members: {recipe.label}, seeds {list(P.seeds.seeds)}; "
@@ -63,8 +63,8 @@ display(Markdown(f"{len(members)} members: {recipe.label}, seeds {list(P.seeds.s
 fig, axes = plt.subplots(1, len(members), figsize=(3.4 * len(members), 3), sharey=True, squeeze=False)
 for ax, m, s in zip(axes[0], members, P.seeds.seeds):
     col = m.column("bpd")
-    plots.score_histograms({k: v for k, v in col.items() if k in ("FashionMNIST test", "MNIST test")}, "bits/dim",
-                           ax=ax, title=f"seed {s}")
+    shown = (m.names[names.ID_TEST], m.names["mnist"])
+    plots.score_histograms({k: v for k, v in col.items() if k in shown}, "bits/dim", ax=ax, title=f"seed {s}")
     if ax is not axes[0][0]:
         ax.get_legend().remove()
 fig.tight_layout()
@@ -74,13 +74,12 @@ plt.show()
 # ## The ensemble's likelihood and WAIC
 
 # %%
-names = members[0].names
-table = gen.ensemble_table(members)
+table = ls.ensemble_table(members)
 display(table)
-ood_keys = [k for k in members[0].sets if k not in ("ID train", "ID test")]
-by_size = gen.ensemble_by_size(members, ood_keys)
+ood_keys = [k for k in members[0].sets if k not in names.ID_KEYS]
+by_size = ls.ensemble_by_size(members, ood_keys)
 fig, ax = plt.subplots(figsize=(8, 4))
-sns.lineplot(by_size, x="members", y="AUROC", hue="OOD set", style="combination", marker="o", ax=ax)
+sns.lineplot(by_size, x="members", y=names.AUROC, hue=names.OOD_SET, style="combination", marker="o", ax=ax)
 ax.axhline(50, color="k", lw=0.8, ls=":")
 ax.set_xlabel("ensemble size M (first M seeds)")
 ax.set_ylabel("AUROC (%)")
@@ -93,8 +92,8 @@ plt.show()
 
 # %%
 spread = pd.concat([pd.DataFrame({"std of log p across members (nats)": pd.concat(
-    [pd.Series(m.scores[k]["log_px"]) for m in members], axis=1).std(axis=1, ddof=0), "set": names[k]})
-    for k in ("ID test", "mnist") if k in names])
+    [pd.Series(m.scores[k]["log_px"]) for m in members], axis=1).std(axis=1, ddof=0), "set": members[0].names[k]})
+    for k in (names.ID_TEST, "mnist") if k in members[0].names])
 fig, ax = plt.subplots(figsize=(7, 3.5))
 sns.histplot(spread, x="std of log p across members (nats)", hue="set", stat="density", common_norm=False,
              element="step", bins=50, ax=ax)
@@ -104,24 +103,20 @@ plt.show()
 # ## Verdict
 
 # %%
-mn = table.loc["MNIST test"]
-all_members_inverted = bool(mn["member AUROC max"] < 50)
+mn = table.loc[members[0].names["mnist"]]
 ensemble_inverted = bool(mn["ensemble AUROC"] < 50)
-status = ledger.verdict(all_members_inverted and ensemble_inverted, ensemble_inverted)
-evidence = (f"M = {len(members)} Glows (seeds {list(P.seeds.seeds)}): member AUROCs {mn['member AUROC min']:.1f}–"
-            f"{mn['member AUROC max']:.1f} %, ensemble log-mean-exp {mn['ensemble AUROC']:.1f} %, "
-            f"WAIC {mn['WAIC AUROC']:.1f} %; ensemble {mn['ensemble bpd']:.3f} bits/dim on MNIST vs "
-            f"{table.loc['FashionMNIST test', 'ensemble bpd']:.3f} on FashionMNIST")
-ledger.record("ensembles", P.name, seed, "Nalisnick et al.", "an ensemble of Glows still prefers MNIST (FashionMNIST model)",
-              evidence, status)
-waic_status = ledger.verdict(bool(mn["WAIC AUROC"] >= 80), bool(mn["WAIC AUROC"] > 50))
-ledger.record("waic", P.name, seed, "Follow-ups", "WAIC over a Glow ensemble detects FashionMNIST → MNIST (Choi et al.)",
-              f"WAIC AUROC {mn['WAIC AUROC']:.1f} % (M = {len(members)})", waic_status)
+evidence = {"members": len(members), "seeds": list(P.seeds.seeds), "member_min": float(mn["member AUROC min"]),
+            "member_max": float(mn["member AUROC max"]), "ensemble": float(mn["ensemble AUROC"]),
+            "waic": float(mn["WAIC AUROC"]), "ensemble_ood_bpd": float(mn["ensemble bpd"]),
+            "ensemble_id_bpd": float(table.loc[members[0].names[names.ID_TEST], "ensemble bpd"])}
+row = claims.record("ensemble_prefers_mnist", evidence, P.name, seed)
+waic_row = claims.record("waic_detects_mnist", evidence, P.name, seed)
 display(Markdown(
-    f"**Ensembles: {status}.** {evidence}. "
+    f"**Ensembles: {row['verdict']}.** {row['our evidence']}. "
     + ("The mixture's likelihood is a likelihood: it inherits the members' preference for the simpler MNIST images, "
        "and averaging cannot undo a bias every member shares.\n\n" if ensemble_inverted else
        "At this scale the ensemble does not prefer MNIST, so there is no inversion for it to remove.\n\n")
     +
-    f"**WAIC (Choi et al., 2018): {waic_status}** at this scale — rule: reproduced if AUROC ≥ 80 %, partly if above "
-    "chance. Its penalty helps only as far as the members disagree more on MNIST than on FashionMNIST (figure above)."))
+    f"**WAIC (Choi et al., 2018): {waic_row['verdict']}** at this scale — rule: "
+    f"{claims.claim('waic_detects_mnist').rule.text}. Its penalty helps only as far as the members disagree more "
+    "on MNIST than on FashionMNIST (figure above)."))

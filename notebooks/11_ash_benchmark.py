@@ -36,7 +36,8 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, glow_study as gs, plots
+from ood_core import classifier_study as cs, claims, data, detectors, names, plots
+from ood_core.experiment import missing_note
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -47,7 +48,7 @@ for ds, ev in evals.items():
     m = ev.trained.meta
     display(Markdown(f"**{ev.trained.run.label}**: {m['steps']} steps on {m['n_train']:,} images in "
                      f"{m['wall_time_s']:.0f} s ({m['hardware'].get('gpu', 'CPU')}); ID test accuracy "
-                     f"{ev.suite.accuracy(cs.Method('plain', 'energy'), ev.id_feats):.2f} % on "
+                     f"{ev.accuracy:.2f} % on "
                      f"{len(ev.id_set):,} test images."))
 
 # %% [markdown]
@@ -60,13 +61,13 @@ for ds, ev in evals.items():
 
 # %%
 ev = evals["cifar10"]
-display(Markdown(gs.missing_note(ev.missing)))
-long = ev.benchmark(cs.paper_methods())
+display(Markdown(missing_note(ev.missing)))
+long = ev.benchmark(C.methods)
 table = cs.summary(long)
 display(table.round(2))
 
 # %%
-per_set = long.pivot_table(index="method", columns="ood", values="AUROC", sort=False)
+per_set = long.pivot_table(index=names.METHOD, columns=names.OOD, values=names.AUROC, sort=False)
 fig, ax = plt.subplots(figsize=(1.1 * per_set.shape[1] + 3, 0.45 * per_set.shape[0] + 1.5))
 sns.heatmap(per_set, annot=True, fmt=".1f", cmap="viridis", vmin=50, vmax=100, ax=ax,
             cbar_kws={"label": "AUROC (%)"})
@@ -74,7 +75,7 @@ ax.set_title(f"AUROC per OOD set — {ev.trained.run.label}")
 plt.show()
 
 # %%
-best = table["FPR95"].idxmin()
+best = table[names.FPR95].idxmin()
 ash_s = [m for m in table.index if m.startswith("ASH-S@") and "+" not in m][0]
 display(Markdown(
     f"**Verdict ({P.name} profile, CIFAR-10).** Lowest mean FPR95: **{best}** ({table.loc[best, 'FPR95']:.2f} %). "
@@ -91,37 +92,62 @@ display(Markdown(
 
 # %%
 ev = evals["fashion_mnist"]
-long_fm = ev.benchmark(cs.paper_methods())
-display(cs.summary(long_fm).drop(columns=["paper FPR95 (DenseNet)", "paper AUROC (DenseNet)"]).round(2))
-display(long_fm[long_fm["ood"] == "MNIST test"].set_index("method")[["FPR95", "AUROC"]].round(2).T)
+long_fm = ev.benchmark(C.methods)
+display(cs.summary(long_fm).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]).round(2))
+display(long_fm[long_fm[names.OOD] == ev.names["mnist"]].set_index(names.METHOD)[[names.FPR95, names.AUROC]].round(2).T)
 
 # %% [markdown]
 # ## Paper-profile results (GPU), when present
 
 # %%
+paper_summaries = {}
 for ds in ("cifar10", "fashion_mnist"):
     paper_run = get_profile("paper").classifier.runs[ds]
     paper = cs.published(paper_run)
     if paper is None:
         display(Markdown(f"No paper-profile results for *{paper_run.label}* under `results/` yet."))
         continue
-    m = paper["meta"]
-    display(Markdown(f"**paper profile: {paper_run.label}** — trained on {m['hardware'].get('gpu', 'CPU')}, "
+    m = paper.meta
+    display(Markdown(f"**paper profile: {paper_run.label}** — trained on {paper.hardware}, "
                      f"{m['steps']} steps, {m['wall_time_s'] / 60:.1f} min, {m['created']}; all test images."))
-    summary_paper = paper["tables"]["summary"].set_index("method")
+    summary_paper = paper.tables["summary"].set_index(names.METHOD)
     if ds != "cifar10":  # the paper's columns are CIFAR-10 averages
-        summary_paper = summary_paper.drop(columns=["paper FPR95 (DenseNet)", "paper AUROC (DenseNet)"])
+        summary_paper = summary_paper.drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC])
+    else:
+        paper_summaries = {f"paper profile ({paper.hardware})": summary_paper}
     display(summary_paper.round(2))
-    grid = paper["tables"]["benchmark"].pivot_table(index="method", columns="ood", values="AUROC", sort=False)
+    grid = paper.tables["benchmark"].pivot_table(index=names.METHOD, columns=names.OOD, values=names.AUROC, sort=False)
     fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.45 * grid.shape[0] + 1.5))
     sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "AUROC (%)"})
     ax.set_title(f"paper profile: AUROC per OOD set — {paper_run.label}")
     plt.show()
     ash_rows = summary_paper.loc[[r for r in summary_paper.index if r.startswith("ASH-S@")]]
     display(Markdown(
-        f"ID accuracy {summary_paper.loc['energy', 'ID accuracy (%)']:.2f} % unpruned. Energy: FPR95 "
-        f"{summary_paper.loc['energy', 'FPR95']:.2f} % / AUROC {summary_paper.loc['energy', 'AUROC']:.2f} %; "
-        + "; ".join(f"{k}: {r['FPR95']:.2f} % / {r['AUROC']:.2f} %" for k, r in ash_rows.iterrows()) + "."))
+        f"ID accuracy {summary_paper.loc['energy', names.ID_ACCURACY]:.2f} % unpruned. Energy: FPR95 "
+        f"{summary_paper.loc['energy', names.FPR95]:.2f} % / AUROC {summary_paper.loc['energy', names.AUROC]:.2f} %; "
+        + "; ".join(f"{k}: {r[names.FPR95]:.2f} % / {r[names.AUROC]:.2f} %" for k, r in ash_rows.iterrows()) + "."))
+
+# %% [markdown]
+# ## Verdicts
+#
+# The paper's claims about the benchmark, on this profile's CIFAR-10 classifier and, where present, on the
+# paper-profile one (rules in the claims ledger).
+
+# %%
+rows = []
+for source, summ in {f"{P.name} profile": cs.summary(evals["cifar10"].benchmark(C.methods)), **paper_summaries}.items():
+    own = source == f"{P.name} profile"
+    for claim_id, spec in (("ash_s_beats_energy", "ash_s@95"), ("ash_b_beats_energy", "ash_b@95")):
+        rows.append(claims.record(claim_id, claims.beats_energy_evidence(summ, detectors.title(spec)), P.name, seed,
+                                  source=None if own else source))
+    rows.append(claims.record("ash_rand_works", claims.random_evidence(summ, detectors.title("ash_rand@90")), P.name,
+                              seed, source=None if own else source))
+paper_sets = ("svhn", "lsun_crop", "lsun_resize", "isun", "places365")
+absent = [data.spec(n).title for n in paper_sets if not data.available(n)]
+if absent:
+    rows.append(claims.not_testable("ash_state_of_the_art", ", ".join(absent) + ", the full Textures and ImageNet are "
+                                    "not in the offline mirror", P.name, seed))
+display(claims.ledger_rows(rows))
 
 # %% [markdown]
 # ## Summary

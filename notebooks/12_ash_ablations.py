@@ -32,7 +32,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from ood_core import ash, classifier_study as cs, plots
+from ood_core import ash, classifier_study as cs, claims, names, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -50,13 +50,13 @@ print(ev.trained.run.label, "| OOD sets:", ", ".join(ev.names.values()))
 # %%
 sweep = ev.percentile_sweep(C.percentiles)
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-for ax, col in zip(axes, ("ID accuracy (%)", "FPR95", "AUROC")):
+for ax, col in zip(axes, (names.ID_ACCURACY, names.FPR95, names.AUROC)):
     sns.lineplot(sweep, x="percentile", y=col, hue="shaper", marker="o", ax=ax)
     ax.set_xlabel("pruning percentile p")
 fig.tight_layout()
 plt.show()
-base_acc = sweep.query("shaper == 'ASH-P' and percentile == 0")["ID accuracy (%)"].iloc[0]
-within = sweep[(sweep["ID accuracy (%)"] >= base_acc - 1)].groupby("shaper")["percentile"].max()
+base_acc = sweep.query("shaper == 'ASH-P' and percentile == 0")[names.ID_ACCURACY].iloc[0]
+within = sweep[(sweep[names.ID_ACCURACY] >= base_acc - 1)].groupby("shaper")["percentile"].max()
 display(Markdown(f"Unpruned ID accuracy {base_acc:.2f} %. Largest $p$ in the grid that keeps accuracy within "
                  "1 point: " + ", ".join(f"{k} {v:g}" for k, v in within.items()) + "."))
 
@@ -86,10 +86,9 @@ display(med.to_frame("median s1/s2").T.round(2))
 # %%
 lg = ev.local_vs_global(C.ablation_percentiles)
 display(lg.round(2))
-wide = lg.pivot_table(index=["shaper", "percentile"], columns="threshold", values="AUROC")
-wins = (wide["local (per sample)"] > wide["global (from ID train)"]).mean()
-display(Markdown(f"**Verdict ({P.name} profile).** The local threshold has the higher AUROC in {wins:.0%} of the "
-                 f"{len(wide)} (shaper, p) pairs; the paper reports local beats global."))
+row = claims.record("local_beats_global", claims.local_evidence(lg), P.name, seed)
+display(Markdown(f"**Verdict ({P.name} profile): {row['verdict']}.** {row['our evidence'].capitalize()}; the paper reports "
+                 "local beats global."))
 
 # %% [markdown]
 # ## Where to ASH
@@ -101,13 +100,15 @@ display(Markdown(f"**Verdict ({P.name} profile).** The local threshold has the h
 where = ev.where_to_ash(90)
 display(where.round(2))
 fig, ax1 = plt.subplots(figsize=(7, 3.6))
-sns.barplot(where, x="stage", y="AUROC", color="C0", ax=ax1)
-ax1.set_ylim(min(50, where["AUROC"].min() - 5), 100)
+sns.barplot(where, x="stage", y=names.AUROC, color="C0", ax=ax1)
+ax1.set_ylim(min(50, where[names.AUROC].min() - 5), 100)
 ax2 = ax1.twinx()
-ax2.plot(range(len(where)), where["ID accuracy (%)"], "o-", color="C3")
-ax2.set_ylabel("ID accuracy (%)", color="C3")
+ax2.plot(range(len(where)), where[names.ID_ACCURACY], "o-", color="C3")
+ax2.set_ylabel(names.ID_ACCURACY, color="C3")
 plt.show()
-best_stage = where.loc[where["AUROC"].idxmax(), "stage"]
+best_stage = where.loc[where[names.AUROC].idxmax(), "stage"]
+claims.record("penultimate_best", claims.penultimate_evidence(where), P.name, seed)
+claims.record("ash_preserves_accuracy", claims.accuracy_evidence(sweep), P.name, seed)
 display(Markdown(f"**Verdict ({P.name} profile).** Best AUROC at **{best_stage}**; the paper finds the "
                  "penultimate layer best, with earlier placements costing ID accuracy."))
 
@@ -117,12 +118,13 @@ display(Markdown(f"**Verdict ({P.name} profile).** Best AUROC at **{best_stage}*
 # Every method's ID accuracy against its mean FPR95 and AUROC (the paper's Figure 1).
 
 # %%
-long = ev.benchmark(cs.paper_methods())
+long = ev.benchmark(C.methods)
 table = cs.summary(long)
 display(table.loc[[m for m in table.index if "ASH" in m]].round(2))
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-for ax, col in zip(axes, ("FPR95", "AUROC")):
-    sns.scatterplot(table.reset_index(), x=col, y="ID accuracy (%)", hue="method", s=80, ax=ax, legend=ax is axes[1])
+for ax, col in zip(axes, (names.FPR95, names.AUROC)):
+    sns.scatterplot(table.reset_index(), x=col, y=names.ID_ACCURACY, hue=names.METHOD, s=80, ax=ax,
+                    legend=ax is axes[1])
     ax.set_xlabel(f"mean {col} (%)")
 axes[1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
 fig.tight_layout()
@@ -140,9 +142,9 @@ paper = cs.published(paper_run)
 if paper is None:
     display(Markdown(f"No paper-profile results for *{paper_run.label}* under `results/` yet."))
 else:
-    t = paper["tables"]
+    t = paper.tables
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for ax, col in zip(axes, ("ID accuracy (%)", "FPR95", "AUROC")):
+    for ax, col in zip(axes, (names.ID_ACCURACY, names.FPR95, names.AUROC)):
         sns.lineplot(t["sweep"], x="percentile", y=col, hue="shaper", marker="o", ax=ax)
         ax.set_xlabel("pruning percentile p")
     fig.suptitle(f"paper profile: {paper_run.label}")
@@ -150,6 +152,21 @@ else:
     plt.show()
     display(t["local_vs_global"].round(2))
     display(t["where_to_ash"].round(2))
+    source = f"paper profile ({paper.hardware})"
+    for claim_id, evidence in (("ash_preserves_accuracy", claims.accuracy_evidence(t["sweep"])),
+                               ("local_beats_global", claims.local_evidence(t["local_vs_global"])),
+                               ("penultimate_best", claims.penultimate_evidence(t["where_to_ash"]))):
+        claims.record(claim_id, evidence, P.name, seed, source=source)
+
+# %% [markdown]
+# ## Verdicts
+#
+# The ablation claims on this profile's classifier and, where present, the paper-profile one.
+
+# %%
+display(claims.ledger_rows([claims.assess(c, e, s) for c in ("ash_preserves_accuracy", "local_beats_global",
+                                                             "penultimate_best")
+                            for s, e in claims.recorded(c, P.name, seed).items()]))
 
 # %% [markdown]
 # ## A note on OpenOOD v1.5

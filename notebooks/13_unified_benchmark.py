@@ -42,7 +42,8 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, generative_study as gen, glow_study as gs, plots, unified
+from ood_core import classifier_study as cs, detectors, likelihood_study as ls, names, plots
+from ood_core.experiment import missing_note
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -51,22 +52,17 @@ plots.setup()
 tables, typicality = {}, {}
 for ds in ("fashion_mnist", "cifar10"):
     run = P.glow.runs[ds]
-    glow = gs.evaluate(run, P.glow.n_eval, P.glow.ood[ds], seed=seed, device=device)
-    cv = gs.evaluate(run.with_coupling("additive"), P.glow.n_eval, P.glow.ood[ds], seed=seed, device=device)
-    background = gs.evaluate(run.background(U.background_rate, U.background_steps, U.background_width),
-                             P.glow.n_eval, P.glow.ood[ds], seed=seed, device=device)
+    background = run.background(U.background_rate, steps=U.background_steps, width=U.background_width)
+    likelihoods = {role: ls.evaluate(r, n, P.glow.ood[ds], seed=seed, device=device) for role, r, n in (
+        ("glow", run, P.glow.n_eval), ("cv_glow", run.with_model(coupling="additive"), P.glow.n_eval),
+        ("background", background, P.glow.n_eval), ("vae", P.families.vae[ds], P.families.n_eval),
+        ("pixelcnn", P.families.pixelcnn[ds], P.families.n_eval))}
     clf = cs.evaluate(P.classifier.runs[ds], P.classifier.n_eval, P.classifier.n_fit, P.classifier.ood[ds],
                       seed=seed, device=device)
-    shared = unified.check_same_images(glow, clf)
-    others = {runs[ds].name: gen.evaluate(runs[ds], P.families.n_eval, P.glow.ood[ds], seed=seed, device=device)
-              for runs in (P.families.vae, P.families.pixelcnn)}
-    generative = unified.generative_detectors(glow, cv, background, U.codecs, others=others)
-    generative = {d: {k: v for k, v in s.items() if k in shared or k == unified.ID_KEY} for d, s in generative.items()}
-    classifier = unified.classifier_detectors(clf, cs.paper_methods(), shared)
-    families = {**{d: "generative" for d in generative}, **{d: "classifier" for d in classifier}}
-    tables[ds] = unified.unified_table({**generative, **classifier}, families, glow.names, n_boot=U.n_boot, seed=seed)
-    typicality[ds] = unified.typicality_table(glow, U.batch_sizes, seed=seed)
-    print(f"{ds}: {len(shared)} shared OOD sets; {gs.missing_note(glow.missing)}")
+    ctx = detectors.Context(dict(likelihoods["glow"].sets), classifier=clf, likelihoods=likelihoods, seed=seed)
+    tables[ds] = detectors.run_table(ctx, [*U.generative, *U.classifier], n_boot=U.n_boot, seed=seed)
+    typicality[ds] = detectors.typicality_table(likelihoods["glow"], U.batch_sizes, seed=seed)
+    print(f"{ds}: {len(ctx.ood_keys)} shared OOD sets; {missing_note(likelihoods['glow'].missing)}")
 
 # %% [markdown]
 # ## AUROC at a glance
@@ -76,14 +72,14 @@ for ds in ("fashion_mnist", "cifar10"):
 
 # %%
 long = pd.concat([t.assign(ID={"fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10"}[ds]) for ds, t in tables.items()])
-long["pair"] = long["ID"] + " → " + long["OOD set"].str.replace(" test", "").str.replace(
+long["pair"] = long["ID"] + " → " + long[names.OOD_SET].str.replace(" test", "").str.replace(
     "Textures (partial: 10 of 47 DTD classes)", "Textures (partial)")
-order = list(dict.fromkeys(long["detector"]))
-grid = long.pivot_table(index="detector", columns="pair", values="AUROC", sort=False).loc[order]
+order = list(dict.fromkeys(long[names.DETECTOR]))
+grid = long.pivot_table(index=names.DETECTOR, columns="pair", values=names.AUROC, sort=False).loc[order]
 fig, ax = plt.subplots(figsize=(1.0 * grid.shape[1] + 4, 0.42 * grid.shape[0] + 2))
 sns.heatmap(grid, annot=True, fmt=".0f", cmap="RdYlGn", vmin=0, vmax=100, center=50, ax=ax,
             cbar_kws={"label": "AUROC (%)"})
-ax.axhline(sum(long.drop_duplicates("detector")["family"] == "generative"), color="k", lw=2)
+ax.axhline(sum(long.drop_duplicates(names.DETECTOR)[names.FAMILY] == names.GENERATIVE), color="k", lw=2)
 ax.set_xlabel("")
 ax.set_title("AUROC (%) of every detector on every pair (above the line: generative; below: classifier)")
 plt.show()
@@ -93,10 +89,10 @@ plt.show()
 
 # %%
 long["AUROC [95% CI]"] = [f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in
-                          zip(long["AUROC"], long["AUROC low"], long["AUROC high"])]
-display(long.pivot_table(index="detector", columns="pair", values="AUROC [95% CI]", aggfunc="first",
+                          zip(long[names.AUROC], long[names.AUROC_LOW], long[names.AUROC_HIGH])]
+display(long.pivot_table(index=names.DETECTOR, columns="pair", values="AUROC [95% CI]", aggfunc="first",
                          sort=False).loc[order])
-display(long.pivot_table(index="detector", columns="pair", values="FPR95", sort=False).loc[order].round(1))
+display(long.pivot_table(index=names.DETECTOR, columns="pair", values=names.FPR95, sort=False).loc[order].round(1))
 
 # %% [markdown]
 # ## The typicality test needs batches
@@ -107,7 +103,7 @@ display(long.pivot_table(index="detector", columns="pair", values="FPR95", sort=
 # %%
 typ = pd.concat([t.assign(ID=ds) for ds, t in typicality.items()])
 fig, ax = plt.subplots(figsize=(8, 4))
-sns.lineplot(typ, x="batch_size", y="AUROC", hue="OOD set", style="ID", marker="o", ax=ax)
+sns.lineplot(typ, x="batch_size", y=names.AUROC, hue=names.OOD_SET, style="ID", marker="o", ax=ax)
 ax.set_xscale("log")
 ax.set_xlabel("batch size M")
 plt.show()
@@ -116,22 +112,23 @@ plt.show()
 # ## What fails where
 
 # %%
-fm = long[long["pair"] == "FashionMNIST → MNIST"].set_index("detector")
-best_cls = fm[fm["family"] == "classifier"]["AUROC"].idxmax()
-inverted = long[long["AUROC high"] < 50].groupby("family")["pair"].count()
-fixes = fm[(fm["family"] == "generative") & (fm["AUROC low"] > 50)]
-glow_fails = long[(long["detector"] == "Glow log p") & (long["AUROC high"] < 50)]["pair"].tolist()
+GLOW = detectors.title("glow")
+fm = long[long["pair"] == "FashionMNIST → MNIST"].set_index(names.DETECTOR)
+best_cls = fm[fm[names.FAMILY] == names.CLASSIFIER][names.AUROC].idxmax()
+inverted = long[long[names.AUROC_HIGH] < 50].groupby(names.FAMILY)["pair"].count()
+fixes = fm[(fm[names.FAMILY] == names.GENERATIVE) & (fm[names.AUROC_LOW] > 50)]
+glow_fails = long[(long[names.DETECTOR] == GLOW) & (long[names.AUROC_HIGH] < 50)]["pair"].tolist()
 display(Markdown(
-    f"* **FashionMNIST → MNIST**: raw Glow likelihood {fm.loc['Glow log p', 'AUROC']:.1f} % "
-    f"({'below chance: the inversion' if fm.loc['Glow log p', 'AUROC'] < 50 else 'no inversion at this scale'}); "
+    f"* **FashionMNIST → MNIST**: raw Glow likelihood {fm.loc[GLOW, names.AUROC]:.1f} % "
+    f"({'below chance: the inversion' if fm.loc[GLOW, names.AUROC] < 50 else 'no inversion at this scale'}); "
     "generative scores significantly above chance on this pair: "
-    + (", ".join(f"*{d}* ({r['AUROC']:.1f} %)" for d, r in fixes.iterrows()) or "none")
-    + f"; the best classifier score is *{best_cls}* ({fm.loc[best_cls, 'AUROC']:.1f} %).\n"
+    + (", ".join(f"*{d}* ({r[names.AUROC]:.1f} %)" for d, r in fixes.iterrows()) or "none")
+    + f"; the best classifier score is *{best_cls}* ({fm.loc[best_cls, names.AUROC]:.1f} %).\n"
     f"* Pairs where raw Glow likelihood is significantly below chance: {', '.join(glow_fails) or 'none'} — "
     "all OOD sets that are *simpler* than the training data (lower per-pixel variance, more constant pixels); "
     "noise is always detected. That is the variance/complexity explanation of the data and second-order chapters.\n"
     f"* (detector, pair) cells significantly *below* chance (upper CI end < 50 %): "
-    f"{inverted.get('generative', 0)} generative, {inverted.get('classifier', 0)} classifier. Classifier scores do "
+    f"{inverted.get(names.GENERATIVE, 0)} generative, {inverted.get(names.CLASSIFIER, 0)} classifier. Classifier scores do "
     "not see pixel statistics directly and fail differently (ASH-S inverts on our CIFAR ResNets, see the ASH chapters)."))
 
 # %% [markdown]

@@ -44,38 +44,33 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, data, generative_study as gen, glow_study as gs, ledger, plots, unified
+from ood_core import classifier_study as cs, claims, data, detectors, likelihood_study as ls, names, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 S = P.seeds
 plots.setup()
 OTHER = {"fashion_mnist": "mnist", "mnist": "fashion_mnist"}
+SPECS = [*S.generative, *P.classifier.methods]
+families = {detectors.title(s): detectors.family_of(s) for s in SPECS}
 spread_seeds = S.seeds[:S.n_spread]
 long, first_seed = [], []
 for ds in S.datasets:
     id_name = data.spec(ds).title
     by_seed = {}
     for s in spread_seeds:
-        glow = gs.evaluate(S.glow.on(ds, (OTHER[ds],)).with_seed(s), S.n_eval, S.ood[ds], seed=seed,
-                           device=device)
-        vae = gen.evaluate(S.vae.on(ds, (OTHER[ds],)).with_seed(s), S.n_eval, S.ood[ds], seed=seed,
-                           device=device)
+        likelihoods = {role: ls.evaluate(r.on(ds, (OTHER[ds],)).with_seed(s), S.n_eval, S.ood[ds], seed=seed,
+                                         device=device) for role, r in (("glow", S.glow), ("vae", S.vae))}
         clf = cs.evaluate(S.classifier.on(ds).with_seed(s), S.n_eval, P.classifier.n_fit, S.ood[ds],
                           seed=seed, device=device)
-        shared = unified.check_same_images(glow, clf)
-        det = unified.generative_detectors(glow, codecs=("png",), others={"VAE": vae})
-        det = {d: {k: v for k, v in sc.items() if k in shared or k == unified.ID_KEY} for d, sc in det.items()}
-        families = {d: "generative" for d in det}
-        classifier = unified.classifier_detectors(clf, cs.paper_methods(), shared)
-        families.update({d: "classifier" for d in classifier})
-        by_seed[s] = {**det, **classifier}
+        ctx = detectors.Context(dict(likelihoods["glow"].sets), classifier=clf, likelihoods=likelihoods, seed=seed)
+        by_seed[s] = detectors.Suite(ctx).run(SPECS)
         print(f"{id_name}, seed {s}: {clf.trained.run.label} {clf.trained.history.iloc[-1].to_dict()}")
-    long.append(unified.seed_table(by_seed, families, glow.names, id_name))
-    first_seed.append(unified.unified_table(by_seed[spread_seeds[0]], families, glow.names, n_boot=P.unified.n_boot,
+    long.append(detectors.seed_table(by_seed, families, ctx.set_names, id_name))
+    first_seed.append(detectors.score_table(by_seed[spread_seeds[0]], families, ctx.set_names, n_boot=P.unified.n_boot,
                                             seed=seed).assign(ID=id_name))
 long = pd.concat(long, ignore_index=True)
-long["pair"] = long["ID"] + " → " + long["OOD set"].str.replace(" test", "")
+long["pair"] = long["ID"] + " → " + long[names.OOD_SET].str.replace(" test", "")
 first_seed = pd.concat(first_seed, ignore_index=True)
 
 # %% [markdown]
@@ -85,13 +80,14 @@ first_seed = pd.concat(first_seed, ignore_index=True)
 
 # %%
 pairs = [p for p in dict.fromkeys(long["pair"]) if "noise" not in p and "constant" not in p]
-order = list(dict.fromkeys(long["detector"]))
+order = list(dict.fromkeys(long[names.DETECTOR]))
 fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 0.38 * len(order) + 1.5), sharey=True,
                          squeeze=False)
 for ax, pair in zip(axes[0], pairs):
     d = long[long["pair"] == pair]
-    sns.stripplot(d, y="detector", x="AUROC", hue="family", order=order, ax=ax, size=6, jitter=0.15, legend=False)
-    sns.pointplot(d, y="detector", x="AUROC", order=order, ax=ax, errorbar=None, markers="|", color="k",
+    sns.stripplot(d, y=names.DETECTOR, x=names.AUROC, hue=names.FAMILY, order=order, ax=ax, size=6, jitter=0.15,
+                  legend=False)
+    sns.pointplot(d, y=names.DETECTOR, x=names.AUROC, order=order, ax=ax, errorbar=None, markers="|", color="k",
                   linestyles="none", markersize=14)
     ax.axvline(50, color="k", lw=0.8, ls=":")
     ax.set_xlim(0, 100)
@@ -108,15 +104,15 @@ plt.show()
 # When the second is larger, a single-run comparison of two methods can mislead.
 
 # %%
-summary = unified.seed_summary(long)
-summary["pair"] = summary["ID"] + " → " + summary["OOD set"].str.replace(" test", "")
+summary = detectors.seed_summary(long)
+summary["pair"] = summary["ID"] + " → " + summary[names.OOD_SET].str.replace(" test", "")
 summary = summary[summary["pair"].isin(pairs)]
-ci = first_seed.assign(pair=first_seed["ID"] + " → " + first_seed["OOD set"].str.replace(" test", ""))
-ci["bootstrap half-width (seed 0)"] = (ci["AUROC high"] - ci["AUROC low"]) / 2
-summary = summary.merge(ci[["pair", "detector", "bootstrap half-width (seed 0)"]], on=["pair", "detector"])
+ci = first_seed.assign(pair=first_seed["ID"] + " → " + first_seed[names.OOD_SET].str.replace(" test", ""))
+ci["bootstrap half-width (seed 0)"] = (ci[names.AUROC_HIGH] - ci[names.AUROC_LOW]) / 2
+summary = summary.merge(ci[["pair", names.DETECTOR, "bootstrap half-width (seed 0)"]], on=["pair", names.DETECTOR])
 summary["AUROC over seeds"] = [f"{m:.1f} ± {s:.1f} ({lo:.1f}–{hi:.1f})" for m, s, lo, hi in
                                zip(summary["mean"], summary["std"], summary["min"], summary["max"])]
-display(summary.pivot_table(index="detector", columns="pair", values="AUROC over seeds", aggfunc="first",
+display(summary.pivot_table(index=names.DETECTOR, columns="pair", values="AUROC over seeds", aggfunc="first",
                             sort=False).loc[order])
 ratio = (summary["std"] / summary["bootstrap half-width (seed 0)"].where(lambda v: v > 0)).dropna()
 display(Markdown(f"Seed std larger than the one-seed bootstrap half-width in **{(ratio > 1).sum()} of "
@@ -127,17 +123,16 @@ display(Markdown(f"Seed std larger than the one-seed bootstrap half-width in **{
 # ## Verdict: the reversed pair
 
 # %%
-glow_rev = long[(long["pair"] == "MNIST → FashionMNIST") & (long["detector"] == "Glow log p")]["AUROC"]
-glow_fwd = long[(long["pair"] == "FashionMNIST → MNIST") & (long["detector"] == "Glow log p")]["AUROC"]
-vae_rev = long[(long["pair"] == "MNIST → FashionMNIST") & (long["detector"] == "VAE log p")]["AUROC"]
-status = ledger.verdict(bool((glow_rev > 50).all() and (vae_rev > 50).all()), bool(glow_rev.mean() > 50))
-evidence = (f"trained on MNIST, FashionMNIST gets the lower likelihood: Glow AUROC {glow_rev.min():.1f}–"
-            f"{glow_rev.max():.1f} %, VAE {vae_rev.min():.1f}–{vae_rev.max():.1f} % over {len(glow_rev)} seeds "
-            f"(FashionMNIST → MNIST: Glow {glow_fwd.min():.1f}–{glow_fwd.max():.1f} %); SVHN → CIFAR-10 not "
-            "testable (no SVHN)")
-ledger.record("reversed_pair", P.name, seed, "Nalisnick et al.",
-              "the reversed pair behaves correctly (simple ID data, complex OOD data)", evidence, status)
+GLOW, VAE = detectors.title("glow"), detectors.title("vae")
+auroc = {(pair, det): long[(long["pair"] == pair) & (long[names.DETECTOR] == det)][names.AUROC]
+         for pair in ("MNIST → FashionMNIST", "FashionMNIST → MNIST") for det in (GLOW, VAE)}
+glow_rev, vae_rev, glow_fwd = (auroc[("MNIST → FashionMNIST", GLOW)], auroc[("MNIST → FashionMNIST", VAE)],
+                               auroc[("FashionMNIST → MNIST", GLOW)])
+row = claims.record("reversed_pair_correct", {
+    "glow_min": float(glow_rev.min()), "glow_max": float(glow_rev.max()), "glow_mean": float(glow_rev.mean()),
+    "vae_min": float(vae_rev.min()), "vae_max": float(vae_rev.max()), "seeds": int(len(glow_rev)),
+    "fwd_min": float(glow_fwd.min()), "fwd_max": float(glow_fwd.max())}, P.name, seed)
 display(Markdown(
-    f"**{status}.** {evidence}. The direction of the error follows the data, not the model: the set with the lower "
-    "per-pixel variance and more constant pixels gets the higher likelihood, whichever set the model was trained on "
-    "(rule: reproduced if every seed's Glow and VAE AUROC on the reversed pair is above 50 %)."))
+    f"**{row['verdict']}.** {row['our evidence']}. The direction of the error follows the data, not the model: the set "
+    "with the lower per-pixel variance and more constant pixels gets the higher likelihood, whichever set the model "
+    f"was trained on (rule: {claims.claim('reversed_pair_correct').rule.text})."))

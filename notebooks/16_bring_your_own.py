@@ -20,11 +20,11 @@
 # tiny model and synthetic data.
 #
 # ```python
-# from ood_core import data, classifier_study as cs, glow_study as gs
+# from ood_core import data, classifier_study as cs, likelihood_study as ls
 # mine = data.images_from_folder("path/to/images", shape=(3, 32, 32))  # Resize + CenterCrop, uint8
 # ev = cs.evaluate_model(my_model, fit_set, id_test, {"mine": mine})   # any features/head classifier
-# cs.summary(ev.benchmark(cs.paper_methods()))                          # the benchmark table
-# gs.score_sets(trained_glow, {"mine": mine})                           # bits/dim under a Glow
+# cs.summary(ev.benchmark(["energy", "ash_s@95", "knn:k=50"]))          # any detector specs
+# ls.score_sets(trained_glow, {"mine": mine})                           # bits/dim under a Glow
 # ```
 
 # %% tags=["parameters"]
@@ -40,7 +40,8 @@ import tempfile
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, data, glow_study as gs, plots
+from ood_core import classifier_study as cs, data, likelihood_study as ls, names, plots
+from ood_core.experiment import train_or_load
 from ood_core.classifiers import TorchvisionClassifier
 from ood_core.profiles import get_profile
 
@@ -59,22 +60,21 @@ plt.show()
 
 # %%
 run = P.classifier.runs["cifar10"]
-clf = cs.train_classifier(run, device=device)  # from the cache
+clf = train_or_load(run, device=device)  # from the cache
 fit_set = data.load("cifar10", "train").subset(P.classifier.n_fit, seed)
 id_set = data.load("cifar10", "test").subset(P.classifier.n_eval, seed)
 ev = cs.evaluate_model(clf.model, fit_set, id_set, {"mine": mine, "MNIST": data.ood_sets((3, 32, 32), ["mnist"],
                                                                                         n=P.classifier.n_eval,
                                                                                         seed=seed)[0]["mnist"]})
-display(cs.summary(ev.benchmark(cs.paper_methods())).drop(columns=["paper FPR95 (DenseNet)",
-                                                                  "paper AUROC (DenseNet)"]).round(2))
+display(cs.summary(ev.benchmark(P.classifier.methods)).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]).round(2))
 
 # %%
-glow = gs.train_glow(P.glow.runs["cifar10"], device=device)  # from the cache
-bpd = gs.score_sets(glow, {"ID test": id_set, "mine": mine})
-display(Markdown(f"Glow bits/dim: CIFAR-10 test {bpd['ID test']['bpd'].mean():.3f}, "
+glow = train_or_load(P.glow.runs["cifar10"], device=device)  # from the cache
+bpd = ls.score_sets(glow, {names.ID_TEST: id_set, "mine": mine})
+display(Markdown(f"Glow bits/dim: CIFAR-10 test {bpd[names.ID_TEST]['bpd'].mean():.3f}, "
                  f"my folder {bpd['mine']['bpd'].mean():.3f}."))
 fig, ax = plt.subplots(figsize=(7, 3.5))
-plots.score_histograms({"CIFAR-10 test": bpd["ID test"]["bpd"], "my folder": bpd["mine"]["bpd"]}, "bits/dim", ax=ax,
+plots.score_histograms({id_set.name: bpd[names.ID_TEST]["bpd"], "my folder": bpd["mine"]["bpd"]}, "bits/dim", ax=ax,
                        title=glow.run.label)
 plt.show()
 
@@ -89,8 +89,7 @@ plt.show()
 tv = TorchvisionClassifier("resnet18", num_classes=10)
 small = {k: v.subset(min(200, len(v)), seed) for k, v in {"fit": fit_set, "id": id_set, "mine": mine}.items()}
 ev_tv = cs.evaluate_model(tv, small["fit"], small["id"], {"mine": small["mine"]})
-display(cs.summary(ev_tv.benchmark(cs.paper_methods())).drop(columns=["paper FPR95 (DenseNet)",
-                                                                      "paper AUROC (DenseNet)"]).round(2))
+display(cs.summary(ev_tv.benchmark(P.classifier.methods)).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]).round(2))
 
 # %% [markdown]
 # ## Summary

@@ -1,9 +1,20 @@
-"""The one place that owns disk: a content-addressed cache of trained models and per-example scores.
+"""The one place that owns disk: a content-addressed cache of trained models, scores and tables.
 
-Layout: ``<root>/<kind>/<key>/`` where ``key`` is the first 16 hex digits of the sha256 of the
-canonical JSON of the config that produced the artifact. The folder holds ``config.json``,
-``meta.json`` (hardware, versions, wall time, date), the payload (``arrays.npz``, ``model.pt``,
-``table.csv``...) and, written last, ``DONE``. A folder without ``DONE`` is never trusted.
+Layout: ``<root>/<kind>/<key>/``. The ``kind`` is one of :data:`KINDS` (a name, a schema version and
+the code whose behaviour defines the payload); the ``key`` is the first 16 hex digits of the sha256
+of the canonical JSON of ``{"kind", "version", "config"}``, where ``config`` is made by
+:func:`config_dict` -- **one key policy for everything**: every field of a dataclass config is in
+the key (recursively), unless the field is declared ``field(metadata={"key": False})`` with the
+reason beside it. The folder holds ``config.json``, ``meta.json`` (hardware, versions, wall time,
+date), the payload (``arrays.npz``, ``model.pt``, ``table.csv``...) and, written last, ``DONE``. A
+folder without ``DONE`` is never trusted.
+
+Stale artifacts. When code changes what a cached artifact *means*, its kind's version is bumped and
+every old key becomes unreachable. A test (``tests/test_keys.py``) fingerprints the code listed
+for each kind (comments, docstrings and layout ignored) and fails when it changed since the
+fingerprint recorded in ``artifact_fingerprints.json``: the author then decides -- bump the version
+(the meaning changed) or not (a refactoring) -- and records the new fingerprint with
+``python -m ood_core keys --record``. A forgotten bump cannot pass the test suite silently.
 
 Atomicity: an artifact is assembled in a private temporary folder beside its final place and moved
 there with one ``os.rename``; a run killed midway leaves only a ``.tmp-*`` folder that is ignored and
@@ -12,19 +23,28 @@ cleaned up later. Long computations that must survive interruption (training) ge
 
 Roots: ``artifacts/`` in the checkout (``$OOD_ARTIFACTS`` overrides) for what this machine computed;
 ``results/`` (committed) for small paper-profile results made on a GPU, read by the book beside the
-CPU runs.
+CPU runs. Committed results cannot be recomputed here; a test pins that the paper profile still
+reaches every committed folder, and ``tools/migrate_keys.py`` moves folders when a key policy changes.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import datetime as _dt
 import hashlib
+import importlib
+import inspect
+import io
 import json
 import logging
 import os
 import platform
 import shutil
 import tempfile
+import textwrap
+import tokenize
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,16 +57,80 @@ ARTIFACTS_ENV = "OOD_ARTIFACTS"
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return _jsonable(obj.to_dict())
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """An artifact kind: its schema ``version`` and the ``code`` that defines what it holds.
+
+    ``code`` lists modules (``"ood_core.flows"``) or objects (``"ood_core.families:glow_loss"``)
+    whose behaviour determines the payload; their fingerprint is pinned by the test suite.
+    """
+
+    name: str
+    version: int
+    code: tuple[str, ...]
+    doc: str
+
+
+#: Every artifact kind the package writes. Bump a version when its code changes what it means.
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("glow", 2, ("ood_core.flows", "ood_core.train", "ood_core.families:GLOW", "ood_core.families:glow_loss",
+                     "ood_core.families:curve_evaluators", "ood_core.families:dequantize_batch",
+                     "ood_core.likelihood"),
+         "trained Glow / CV-Glow weights and training curves"),
+    Kind("vae", 2, ("ood_core.vae", "ood_core.discretized", "ood_core.train", "ood_core.families:VAE",
+                    "ood_core.families:curve_evaluators"),
+         "trained VAE weights and training curves"),
+    Kind("pixelcnn", 2, ("ood_core.pixelcnn", "ood_core.discretized", "ood_core.train",
+                         "ood_core.families:PIXELCNN", "ood_core.families:curve_evaluators"),
+         "trained PixelCNN weights and training curves"),
+    Kind("classifier", 2, ("ood_core.classifiers", "ood_core.train", "ood_core.families:CLASSIFIER",
+                           "ood_core.families:random_crop_flip"),
+         "trained classifier weights and accuracy curves"),
+    Kind("glow_scores", 2, ("ood_core.flows", "ood_core.likelihood", "ood_core.families:score_glow"),
+         "per-example log-likelihood terms of a Glow on one image set"),
+    Kind("vae_scores", 2, ("ood_core.vae", "ood_core.discretized", "ood_core.families:score_vae"),
+         "per-example ELBO / IWAE terms of a VAE on one image set"),
+    Kind("pixelcnn_scores", 2, ("ood_core.pixelcnn", "ood_core.discretized", "ood_core.families:score_pixelcnn"),
+         "per-example exact log-likelihoods of a PixelCNN on one image set"),
+    Kind("classifier_features", 2, ("ood_core.classifiers", "ood_core.scores:compute_logits_and_features"),
+         "penultimate features and logits of one image set"),
+    Kind("classifier_tables", 2, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
+                                  "ood_core.classifier_study"),
+         "benchmark, percentile-sweep, local-vs-global and where-to-ASH tables of one evaluation"),
+    Kind("evidence", 1, ("ood_core.claims",), "the measured evidence of one claim, recorded by a chapter"),
+    Kind("glow_results", 1, ("ood_core.likelihood_study:export_results",),
+         "committed paper-profile likelihood results (per-example bits/dim terms, curves)"),
+    Kind("classifier_results", 1, ("ood_core.classifier_study:export_results",),
+         "committed paper-profile classifier results (tables, curves)"),
+)}
+
+
+def kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown artifact kind {name!r}; register it in ood_core.artifacts.KINDS "
+                         f"(known: {', '.join(sorted(KINDS))})") from None
+
+
+def config_dict(obj: Any) -> Any:
+    """The JSON form of a config: **the** key policy of the package.
+
+    Dataclass instances become ``{field: value}`` over *all* their fields, recursively, except
+    fields declared with ``metadata={"key": False}`` (results do not depend on them, e.g. an
+    evaluation batch size that only trades memory for speed). Mappings keep their keys (as
+    strings), tuples become lists, numpy scalars Python numbers, paths strings.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: config_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("key", True)}
+    if isinstance(obj, Mapping):
+        return {str(k): config_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
+        return [config_dict(v) for v in obj]
+    if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, (np.floating,)):
+    if isinstance(obj, np.floating):
         return float(obj)
     if isinstance(obj, Path):
         return str(obj)
@@ -54,12 +138,106 @@ def _jsonable(obj: Any) -> Any:
 
 
 def canonical_json(config: Any) -> str:
-    return json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
+    return json.dumps(config_dict(config), sort_keys=True, separators=(",", ":"))
 
 
 def config_key(config: Any) -> str:
     """16 hex digits of the sha256 of the config's canonical JSON (keys sorted, tuples as lists)."""
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def artifact_key(kind_name: str, config: Any) -> str:
+    """The folder name of ``config`` under ``kind_name``: the config *and* the kind's schema version."""
+    k = kind(kind_name)
+    return config_key({"kind": k.name, "version": k.version, "config": config_dict(config)})
+
+
+# ----------------------------------------------------------------------------- code fingerprints
+
+def _source_of(ref: str) -> str:
+    """Source text of ``"package.module"`` or ``"package.module:qualname"``."""
+    module_name, _, qualname = ref.partition(":")
+    module = importlib.import_module(module_name)
+    if not qualname:
+        return inspect.getsource(module)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)):
+        # a module-level object (e.g. a registry entry): fingerprint the statement that defines it
+        source = inspect.getsource(module)
+        tree = ast.parse(source)
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == qualname for t in targets):
+                return ast.get_source_segment(source, node) or ""
+        raise ValueError(f"cannot find the statement defining {ref}")
+    return inspect.getsource(obj)
+
+
+def normalized_source(source: str) -> str:
+    """Source without comments, docstrings, blank lines and indentation changes (layout-proof)."""
+    source = textwrap.dedent(source)
+    doc_lines: set[int] = set()
+    try:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
+                        and isinstance(first.value.value, str):
+                    doc_lines.update(range(first.lineno, first.end_lineno + 1))
+    except SyntaxError:
+        pass
+    tokens = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                        tokenize.ENDMARKER) or tok.start[0] in doc_lines:
+            continue
+        tokens.append(tok.string)
+    return " ".join(tokens)
+
+
+def code_fingerprint(kind_name: str) -> str:
+    """sha256 (16 hex digits) of the normalised source of everything ``KINDS[kind_name].code`` lists."""
+    h = hashlib.sha256()
+    for ref in kind(kind_name).code:
+        h.update(ref.encode() + b"\0" + normalized_source(_source_of(ref)).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+FINGERPRINTS_FILE = Path(__file__).with_name("artifact_fingerprints.json")
+
+
+def recorded_fingerprints() -> dict[str, dict]:
+    """``{kind: {"version": int, "fingerprint": str}}`` as last recorded (``python -m ood_core keys --record``)."""
+    if not FINGERPRINTS_FILE.is_file():
+        return {}
+    return json.loads(FINGERPRINTS_FILE.read_text())
+
+
+def record_fingerprints() -> dict[str, dict]:
+    """Record the current version and code fingerprint of every kind (after deciding on version bumps)."""
+    table = {name: {"version": k.version, "fingerprint": code_fingerprint(name)} for name, k in sorted(KINDS.items())}
+    FINGERPRINTS_FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return table
+
+
+def stale_kinds() -> list[str]:
+    """Kinds whose code or version differs from the recorded fingerprint, each with what to do."""
+    recorded = recorded_fingerprints()
+    problems = []
+    for name, k in sorted(KINDS.items()):
+        rec = recorded.get(name)
+        fp = code_fingerprint(name)
+        if rec is None:
+            problems.append(f"{name}: no recorded fingerprint (new kind?)")
+        elif rec["fingerprint"] != fp and rec["version"] == k.version:
+            problems.append(f"{name}: the code behind it ({', '.join(k.code)}) changed since version {k.version} was "
+                            "recorded. If cached artifacts of this kind now mean something else, bump its version in "
+                            "ood_core/artifacts.py; then record")
+        elif rec["version"] != k.version:
+            problems.append(f"{name}: version {k.version} in code, {rec['version']} recorded: record the new version")
+    return problems
 
 
 def default_root() -> Path:
@@ -104,36 +282,36 @@ def wait_for_main_process() -> None:
 
 
 class ArtifactStore:
-    """Content-addressed artifacts under ``root``: ``<kind>/<config_key(config)>/``."""
+    """Content-addressed artifacts under ``root``: ``<kind>/<artifact_key(kind, config)>/``."""
 
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
 
     def path(self, kind: str, config: Any) -> Path:
-        return self.root / kind / config_key(config)
+        return self.root / kind / artifact_key(kind, config)
 
     def exists(self, kind: str, config: Any) -> bool:
         return (self.path(kind, config) / "DONE").is_file()
 
     def workdir(self, kind: str, config: Any) -> Path:
         """A stable folder for checkpoints of a computation that may be interrupted and resumed."""
-        p = self.root / kind / (config_key(config) + ".work")
+        p = self.root / kind / (artifact_key(kind, config) + ".work")
         p.mkdir(parents=True, exist_ok=True)
-        (p / "config.json").write_text(json.dumps(_jsonable(config), indent=1, sort_keys=True))
+        (p / "config.json").write_text(json.dumps(config_dict(config), indent=1, sort_keys=True))
         return p
 
     # -- writing ---------------------------------------------------------------------------------
-    def save(self, kind: str, config: Any, *, arrays: dict | None = None, state_dict: dict | None = None,
+    def save(self, kind_name: str, config: Any, *, arrays: dict | None = None, state_dict: dict | None = None,
              files: dict[str, str] | None = None, meta: dict | None = None) -> Path:
         """Write an artifact atomically and return its folder; an existing complete one is kept."""
-        final = self.path(kind, config)
+        final = self.path(kind_name, config)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
         try:
-            (tmp / "config.json").write_text(json.dumps(_jsonable(config), indent=1, sort_keys=True))
+            (tmp / "config.json").write_text(json.dumps(config_dict(config), indent=1, sort_keys=True))
             full_meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         "hardware": hardware(), **(meta or {})}
-            (tmp / "meta.json").write_text(json.dumps(_jsonable(full_meta), indent=1, sort_keys=True))
+                         "hardware": hardware(), "kind_version": kind(kind_name).version, **(meta or {})}
+            (tmp / "meta.json").write_text(json.dumps(config_dict(full_meta), indent=1, sort_keys=True))
             if arrays is not None:
                 np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in arrays.items()})
             if state_dict is not None:
@@ -141,7 +319,7 @@ class ArtifactStore:
             for fname, text in (files or {}).items():
                 (tmp / fname).write_text(text)
             with open(tmp / "DONE", "w") as f:
-                f.write(config_key(config) + "\n")
+                f.write(final.name + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             if final.exists():
@@ -179,7 +357,7 @@ class ArtifactStore:
                       ) -> dict[str, np.ndarray]:
         """Load the arrays for ``config`` or compute, save and return them."""
         if not self.exists(kind, config):
-            log.info("computing %s/%s", kind, config_key(config))
+            log.info("computing %s/%s", kind, artifact_key(kind, config))
             self.save(kind, config, arrays=compute(), meta=meta)
         return self.load_arrays(kind, config)
 

@@ -81,7 +81,7 @@ def run(device: str | None = None, profile: str = "cpu", seconds: float = 10.0) 
     yield f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}), profile {profile}"
     for ds, r in P.glow.runs.items():
         for coupling in ("affine", "additive"):
-            rr = r.with_coupling(coupling)
+            rr = r.with_model(coupling=coupling)
             tr, ev = glow_throughput(rr, dev, seconds)
             yield (f"{rr.label} ({'x'.join(map(str, data.spec(ds).shape))}, batch {r.train.batch_size}): "
                    f"train {tr:,.0f} img/s, eval {ev:,.0f} img/s")

@@ -7,6 +7,8 @@
     python -m ood_core glow --profile paper --dataset cifar10 --coupling affine --export
     python -m ood_core classifier --profile paper --dataset cifar10 --export
     python -m ood_core bench
+    python -m ood_core keys                 # artifact kinds, versions, stale code fingerprints
+    python -m ood_core keys --record        # record fingerprints after deciding on version bumps
     torchrun --nproc_per_node 8 -m ood_core glow --profile paper --export   # DDP on 8 GPUs
 
 The CLI is the one place in the package that writes to stdout.
@@ -76,7 +78,7 @@ def cmd_glow(args: argparse.Namespace) -> int:
     """Train (or load) a profile's Glow, score its evaluation sets, optionally export to results/."""
     import torch
 
-    from ood_core import glow_study as gs
+    from ood_core import experiment, likelihood_study as ls
     from ood_core.profiles import get_profile
 
     if args.threads:
@@ -86,18 +88,18 @@ def cmd_glow(args: argparse.Namespace) -> int:
     datasets = args.dataset or list(P.glow.runs)
     for ds in datasets:
         for coupling in args.coupling:
-            run = P.glow.runs[ds].with_coupling(coupling)
+            run = P.glow.runs[ds].with_model(coupling=coupling)
             if not ctx.is_main:  # other ranks help train, rank 0 scores and exports
-                gs.train_glow(run, device=device, progress=False)
+                experiment.train_or_load(run, device=device, progress=False)
                 continue
-            ev = gs.evaluate(run, P.glow.n_eval, P.glow.ood[ds], seed=args.seed, device=device)
+            ev = ls.evaluate(run, P.glow.n_eval, P.glow.ood[ds], seed=args.seed, device=device)
             print(f"== {run.label} ({P.name} profile): {ev.trained.meta['steps']} steps, "
                   f"{ev.trained.meta['wall_time_s']:.0f} s")
             print(ev.table.round(3).to_string())
             if ev.missing:
-                print(gs.missing_note(ev.missing))
+                print(experiment.missing_note(ev.missing))
             if args.export:
-                print("exported to", gs.export_results(ev.trained, ev.sets, ev.scores))
+                print("exported to", ls.export_results(ev))
     return 0
 
 
@@ -106,7 +108,7 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     import torch
 
     from ood_core import classifier_study as cs
-    from ood_core import glow_study as gs
+    from ood_core import experiment
     from ood_core.profiles import get_profile
 
     if args.threads:
@@ -117,10 +119,10 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     for ds in args.dataset or list(C.runs):
         run = C.runs[ds]
         if not ctx.is_main:
-            cs.train_classifier(run, device=device, progress=False)
+            experiment.train_or_load(run, device=device, progress=False)
             continue
         ev = cs.evaluate(run, C.n_eval, C.n_fit, C.ood[ds], seed=args.seed, device=device)
-        long = ev.benchmark(cs.paper_methods())
+        long = ev.benchmark(C.methods)
         tables = {"benchmark": long, "summary": cs.summary(long).reset_index(),
                   "sweep": ev.percentile_sweep(C.percentiles),
                   "local_vs_global": ev.local_vs_global(C.ablation_percentiles),
@@ -130,10 +132,27 @@ def cmd_classifier(args: argparse.Namespace) -> int:
         print(tables["summary"].round(2).to_string())
         print(tables["where_to_ash"].round(2).to_string())
         if ev.missing:
-            print(gs.missing_note(ev.missing))
+            print(experiment.missing_note(ev.missing))
         if args.export:
             print("exported to", cs.export_results(ev.trained, tables))
     return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """List artifact kinds with their versions; report (or record) stale code fingerprints."""
+    from ood_core import artifacts
+
+    if args.record:
+        for name, rec in artifacts.record_fingerprints().items():
+            print(f"{name:22s} v{rec['version']}  {rec['fingerprint']}")
+        print(f"recorded in {artifacts.FINGERPRINTS_FILE}")
+        return 0
+    rows = [{"kind": k.name, "version": k.version, "what": k.doc} for k in artifacts.KINDS.values()]
+    print(_table(rows))
+    problems = artifacts.stale_kinds()
+    for p in problems:
+        print("stale:", p)
+    return 1 if problems else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -173,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     c.add_argument("--export", action="store_true", help="write small results (tables, curves) to results/")
     c.set_defaults(func=cmd_classifier)
+
+    k = sub.add_parser("keys", help="artifact kinds and versions; check or record the code fingerprints")
+    k.add_argument("--record", action="store_true", help="record current versions and fingerprints")
+    k.set_defaults(func=cmd_keys)
 
     b = sub.add_parser("bench", help="print training/evaluation throughput of the profile's models")
     b.add_argument("--profile", default="cpu")

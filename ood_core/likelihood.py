@@ -237,3 +237,39 @@ def score_flow(
         "bpd_pz": bpd_pz,
         "bpd_logdet": bpd_logdet,
     }
+
+
+def score_batches(
+    model: nn.Module,
+    x_uint8: torch.Tensor,
+    terms: Any,
+    batch_size: int = 256,
+    seed: int = 0,
+    desc: str = "scoring",
+) -> dict[str, np.ndarray]:
+    """Run ``terms(batch, generator) -> {name: [b] tensor}`` over ``x_uint8`` in batches; float64 numpy out.
+
+    The one evaluation loop of the likelihood models: ``eval`` mode under ``torch.no_grad()`` (the
+    training flag is restored), batches moved to the model's device, one CPU generator seeded with
+    ``seed`` drawn in turn by the batches (so results depend on ``seed`` and ``batch_size`` only, on
+    any device), every term cast to float64 and concatenated. Empty input gives empty arrays.
+    """
+    if isinstance(x_uint8, np.ndarray):
+        x_uint8 = torch.from_numpy(x_uint8)
+    _check_uint8(x_uint8)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    device, _ = _model_device_dtype(model, x_uint8)
+    generator = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[np.ndarray]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(x_uint8), batch_size), desc=desc, leave=False):
+                out = terms(x_uint8[start:start + batch_size].to(device), generator)
+                for key, value in out.items():
+                    parts.setdefault(key, []).append(value.double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return {key: np.concatenate(values) for key, values in parts.items()}

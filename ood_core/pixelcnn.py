@@ -97,7 +97,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import numpy as np
+
 from ood_core import discretized as dl
+from ood_core import likelihood, units
 from ood_core.model_config import ImageModelConfig
 
 __all__ = ["PixelCNNConfig", "PixelCNN", "nll_bpd"]
@@ -319,4 +322,12 @@ def nll_bpd(model: PixelCNN, batch) -> torch.Tensor:
     """
     x = batch[0]
     d = x[0].numel()
-    return -model.log_prob(x).mean() / (d * math.log(2.0))
+    return units.bits_per_dim(model.log_prob(x).mean(), d)
+
+
+def score_images(model: PixelCNN, x_uint8: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per-example exact ``log_px`` (nats of the discrete image) and ``bpd`` (float64 numpy ``[N]``)."""
+    out = likelihood.score_batches(model, x_uint8, lambda batch, _: {"log_px": model.log_prob(batch)},
+                                   batch_size=batch_size)
+    out["bpd"] = units.bits_per_dim(out["log_px"], model.config.num_dims)
+    return out

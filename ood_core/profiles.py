@@ -1,4 +1,4 @@
-"""Every scale knob of the book, in one place.
+"""Every scale knob of the book, in one place: shared recipes, three scales.
 
 Three profiles, selected by one notebook parameter (``profile``):
 
@@ -6,24 +6,61 @@ Three profiles, selected by one notebook parameter (``profile``):
   mean nothing; it only proves the code path works end to end on real data.
 * ``cpu`` (default) -- the whole book on a 2-core CPU in well under an hour, still showing each
   paper's effect on real data with small models and short training.
-* ``paper`` -- paper-scale models (Glow L=3, K=32, width 512; CIFAR ResNet-18 / DenseNet-BC-100),
-  meant for a GPU. Its small results (per-example scores, curves, metrics, config, hardware) are
-  committed under ``results/`` and shown by the default book beside the CPU runs.
+* ``paper`` -- paper-scale models (Glow K=32, width 512; CIFAR ResNet-18 / DenseNet-BC-100), meant
+  for a GPU. Its small results (per-example scores, curves, metrics, config, hardware) are committed
+  under ``results/`` and shown by the default book beside the CPU runs.
 
-Notebooks read settings from the profile object and never branch on its name.
+A profile is the book's **recipes** (:func:`glow`, :func:`vae`, :func:`pixelcnn`, :func:`classifier`:
+the optimiser, the data conventions, what is tracked) instantiated at one **scale** (sizes, epochs,
+subsets). Variants are derived, never copied: ``run.on(dataset)``, ``run.with_model(...)``,
+``run.with_seed(...)``, ``dataclasses.replace``. Runs are keyed by dataset in :class:`ByDataset`
+mappings, and :func:`get_profile` checks every dataset, OOD set and detector name of a profile, so a
+typo fails there with the list of valid names, not deep inside a notebook. Notebooks read settings
+from the profile object and never branch on its name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from ood_core.classifier_study import ClassifierRun
+from ood_core import data, detectors
 from ood_core.classifiers import ClassifierConfig
-from ood_core.generative_study import GenerativeRun
-from ood_core.glow_study import GlowRun
+from ood_core.experiment import ClassifierRun, LikelihoodRun
 from ood_core.train import TrainConfig
 
+T = TypeVar("T")
+
+
+class ByDataset(Mapping[str, T], Generic[T]):
+    """A read-only mapping from dataset names (checked against the data manifest) to settings."""
+
+    def __init__(self, items: Mapping[str, T], what: str = "setting"):
+        unknown = [k for k in items if k not in data.MANIFEST]
+        if unknown:
+            raise ValueError(f"unknown dataset name(s) {unknown}; known: {', '.join(sorted(data.MANIFEST))}")
+        self._items, self._what = dict(items), what
+
+    def __getitem__(self, key: str) -> T:
+        try:
+            return self._items[key]
+        except KeyError:
+            raise KeyError(f"no {self._what} for dataset {key!r} in this profile; "
+                           f"available: {', '.join(self._items)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"ByDataset({self._items!r})"
+
+
+# ----------------------------------------------------------------------------------- settings
 
 @dataclass(frozen=True)
 class DataSettings:
@@ -38,21 +75,22 @@ class DataSettings:
 class GlowSettings:
     """The Glow chapters (Nalisnick et al.): one run per ID dataset, and what is scored."""
 
-    runs: dict  # ID dataset name -> GlowRun (affine coupling; CV-Glow = run.with_coupling("additive"))
+    runs: ByDataset[LikelihoodRun]  # affine coupling; CV-Glow = run.with_model(coupling="additive")
     n_eval: int | None  # examples per set in histograms and tables (None = whole test sets)
-    ood: dict  # ID dataset name -> OOD set names (ood_core.data.ood_sets)
+    ood: ByDataset[tuple[str, ...]]  # OOD set names (ood_core.data.ood_sets)
 
 
 @dataclass(frozen=True)
 class ClassifierSettings:
     """The ASH chapters (Djurisic et al.): one classifier per ID dataset, and what is scored."""
 
-    runs: dict  # ID dataset name -> ClassifierRun
+    runs: ByDataset[ClassifierRun]
     n_eval: int | None  # test images per ID/OOD set (None = all)
     n_fit: int | None  # ID training images whose features fit ReAct, DICE, Mahalanobis, global thresholds
-    ood: dict  # ID dataset name -> OOD set names
+    ood: ByDataset[tuple[str, ...]]
     percentiles: tuple  # grid of the percentile sweeps
     ablation_percentiles: tuple  # coarser grid for local-vs-global
+    methods: tuple[str, ...]  # detector specs of the benchmark table (ood_core.detectors)
 
 
 @dataclass(frozen=True)
@@ -64,7 +102,8 @@ class UnifiedSettings:
     background_width: int
     n_boot: int  # bootstrap replicates per AUROC interval
     batch_sizes: tuple  # typicality-test batch sizes M
-    codecs: tuple  # lossless codecs for input complexity
+    generative: tuple[str, ...]  # generative detector specs
+    classifier: tuple[str, ...]  # classifier detector specs
 
 
 @dataclass(frozen=True)
@@ -81,8 +120,8 @@ class AnalysisSettings:
 class FamilySettings:
     """The other model families of Nalisnick et al.: a VAE and a PixelCNN per ID dataset."""
 
-    vae: dict  # ID dataset name -> GenerativeRun (family "vae")
-    pixelcnn: dict  # ID dataset name -> GenerativeRun (family "pixelcnn")
+    vae: ByDataset[LikelihoodRun]
+    pixelcnn: ByDataset[LikelihoodRun]
     n_eval: int | None  # examples per set (the Glow chapters' subsets when equal to glow.n_eval)
     n_samples: int  # samples drawn from each model for the figures
 
@@ -99,10 +138,11 @@ class SeedSettings:
     n_spread: int
     n_eval: int | None  # test images per set in the seed study (the ensembles use glow.n_eval)
     datasets: tuple  # ID datasets of the seed study
-    ood: dict  # ID dataset -> OOD sets of the seed study
-    glow: GlowRun
-    vae: GenerativeRun
+    ood: ByDataset[tuple[str, ...]]  # OOD sets of the seed study
+    glow: LikelihoodRun
+    vae: LikelihoodRun
     classifier: ClassifierRun
+    generative: tuple[str, ...]  # generative detector specs of the seed study
 
 
 @dataclass(frozen=True)
@@ -118,208 +158,239 @@ class Profile:
     seeds: SeedSettings
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        from ood_core.artifacts import config_dict
+
+        return config_dict(self)
+
+
+# ----------------------------------------------------------------------------------- recipes
+
+#: Glow optimisation shared by all scales: Adam with linear warm-up and gradient clipping (the Glow
+#: paper uses Adamax 1e-3 with warm-up; Adam converges faster in the short CPU runs).
+GLOW_OPT = dict(optimizer="adam", lr=1e-3, grad_clip=50.0, seed=0)
+#: VAE and PixelCNN optimisation.
+GEN_OPT = dict(optimizer="adam", lr=1e-3, grad_clip=100.0, seed=0)
+#: Classifier optimisation: SGD + Nesterov momentum, cosine schedule, weight decay 5e-4.
+CLS_OPT = dict(optimizer="sgd", weight_decay=5e-4, schedule="cosine", seed=0)
+
+
+def glow(dataset: str, levels: int, steps: int, width: int, train: TrainConfig, coupling: str = "affine",
+         **fields: Any) -> LikelihoodRun:
+    """A Glow (``coupling="additive"``: CV-Glow) on ``dataset``; ``fields`` are other run fields."""
+    return LikelihoodRun("glow", dataset, dict(levels=levels, steps=steps, width=width, coupling=coupling),
+                         train=train, **fields)
+
+
+def vae(dataset: str, train: TrainConfig, iwae_k: int, **model_and_fields: Any) -> LikelihoodRun:
+    model = {k: model_and_fields.pop(k) for k in list(model_and_fields) if k in ("width", "n_mix", "latent")}
+    return LikelihoodRun("vae", dataset, model, train=train, scoring={"iwae_k": iwae_k}, **model_and_fields)
+
+
+def pixelcnn(dataset: str, train: TrainConfig, **model_and_fields: Any) -> LikelihoodRun:
+    model = {k: model_and_fields.pop(k) for k in list(model_and_fields) if k in ("width", "layers", "n_mix")}
+    return LikelihoodRun("pixelcnn", dataset, model, train=train, **model_and_fields)
+
+
+def classifier(dataset: str, arch: str, width: int, train: TrainConfig, **fields: Any) -> ClassifierRun:
+    """ResNet-18 / DenseNet-BC-100 on a colour set, the small CNN on a gray one."""
+    channels = data.spec(dataset).shape[0]
+    kw = {} if channels == 3 else {"in_channels": channels}
+    return ClassifierRun(dataset, ClassifierConfig(arch, width=width, **kw), train=train, **fields)
+
+
+def _train(epochs: int, batch_size: int, warmup: int, eval_every: int, checkpoint_every: int, opt: dict,
+           **kw: Any) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=batch_size, warmup_steps=warmup, eval_every=eval_every,
+                       checkpoint_every=checkpoint_every, **opt, **kw)
+
+
+def _families(vae_run: LikelihoodRun, pixelcnn_run: LikelihoodRun, n_eval, n_samples: int) -> FamilySettings:
+    """One recipe per family, retargeted to CIFAR-10 (tracking SVHN and MNIST along training)."""
+    return FamilySettings(
+        vae=ByDataset({"fashion_mnist": vae_run, "cifar10": vae_run.on("cifar10", ("svhn", "mnist"))}, "VAE run"),
+        pixelcnn=ByDataset({"fashion_mnist": pixelcnn_run, "cifar10": pixelcnn_run.on("cifar10", ("svhn", "mnist"))},
+                           "PixelCNN run"),
+        n_eval=n_eval, n_samples=n_samples)
 
 
 _GRAY_OOD = ("mnist", "uniform", "gaussian", "constant")
 _COLOUR_OOD = ("svhn", "cifar100", "textures", "mnist", "fashion_mnist", "cifar10:gray", "uniform", "gaussian",
                "constant")
-_GLOW_OOD = {"fashion_mnist": _GRAY_OOD, "cifar10": _COLOUR_OOD}
+GLOW_OOD = ByDataset({"fashion_mnist": _GRAY_OOD, "cifar10": _COLOUR_OOD}, "OOD sets")
 # The ASH paper's CIFAR OOD sets first (SVHN, LSUN-C, LSUN-R, iSUN, Textures, Places365), then
 # what this mirror adds. Absent sets are skipped and named in the chapters.
-_ASH_OOD = {"cifar10": ("svhn", "lsun_crop", "lsun_resize", "isun", "textures", "places365", "cifar100", "mnist",
-                        "fashion_mnist", "uniform", "gaussian", "constant"),
-            "fashion_mnist": ("mnist", "uniform", "gaussian", "constant")}
-# Classifier optimisation: SGD + Nesterov momentum, cosine schedule, weight decay 5e-4.
-_CLS_OPT = dict(optimizer="sgd", weight_decay=5e-4, schedule="cosine", seed=0)
-_SWEEP = (0, 10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90, 95, 99)
-# Glow optimisation shared by all profiles: Adam with linear warm-up and gradient clipping (the
-# Glow paper uses Adamax 1e-3 with warm-up; Adam converges faster in the short CPU runs).
-_GLOW_OPT = dict(optimizer="adam", lr=1e-3, grad_clip=50.0, seed=0)
-_GEN_OPT = dict(optimizer="adam", lr=1e-3, grad_clip=100.0, seed=0)
-_SEED_OOD = {"fashion_mnist": ("mnist", "uniform", "gaussian", "constant"),
-             "mnist": ("fashion_mnist", "uniform", "gaussian", "constant")}
+ASH_OOD = ByDataset({"cifar10": ("svhn", "lsun_crop", "lsun_resize", "isun", "textures", "places365", "cifar100",
+                                 "mnist", "fashion_mnist", "uniform", "gaussian", "constant"),
+                     "fashion_mnist": ("mnist", "uniform", "gaussian", "constant")}, "OOD sets")
+SEED_OOD = ByDataset({"fashion_mnist": ("mnist", "uniform", "gaussian", "constant"),
+                      "mnist": ("fashion_mnist", "uniform", "gaussian", "constant")}, "OOD sets")
+SWEEP = (0, 10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90, 95, 99)
+#: The ASH paper's CIFAR-10 table at its percentiles, with max-logit, Mahalanobis, ASH-RAND and combinations.
+ASH_METHODS = ("msp", "max_logit", "energy", "odin", "react", "dice", "mahalanobis", "ash_p@90", "ash_b@95",
+               "ash_s@95", "ash_rand@90", "ash_s@95+react", "ash_s@95+dice")
+#: Generative detectors of the unified benchmark, in table order.
+UNIFIED_GENERATIVE = ("glow", "typicality", "cv_glow", "likelihood_ratio", "input_complexity:codec=png",
+                      "input_complexity:codec=lzma", "vae", "pixelcnn")
+SEED_GENERATIVE = ("glow", "typicality", "input_complexity:codec=png", "vae")
 
 
-def _families(vae: GenerativeRun, pixelcnn: GenerativeRun, n_eval, n_samples: int,
-              cifar_vae: GenerativeRun | None = None, cifar_pixelcnn: GenerativeRun | None = None) -> FamilySettings:
-    """One recipe per family, retargeted to CIFAR-10 (tracking SVHN and MNIST along training)."""
-    return FamilySettings(
-        vae={"fashion_mnist": vae, "cifar10": cifar_vae or vae.on("cifar10", ("svhn", "mnist"))},
-        pixelcnn={"fashion_mnist": pixelcnn, "cifar10": cifar_pixelcnn or pixelcnn.on("cifar10", ("svhn", "mnist"))},
-        n_eval=n_eval, n_samples=n_samples)
+# ----------------------------------------------------------------------------------- scales
 
-# The default CPU profile's VAE and PixelCNN (measured on 2 cores; see the README's timings).
-# VAE: ~1,700 img/s (28x28) / ~1,200 (32x32x3) training, IWAE_8 scoring ~800 / ~400 img/s.
-VAE_CPU = GenerativeRun("vae", "fashion_mnist", dict(width=32), n_curve=200, iwae_k=8,
-                        train=TrainConfig(epochs=1, batch_size=128, warmup_steps=50, eval_every=100,
-                                          checkpoint_every=200, **_GEN_OPT))
-# PixelCNN: ~170 img/s (28x28) / ~130 (32x32x3) training at batch 32: one pass over 10,000 images.
-PIXELCNN_CPU = GenerativeRun("pixelcnn", "fashion_mnist", dict(width=32, layers=5, n_mix=5), n_train=10000,
-                             n_curve=200, train=TrainConfig(epochs=1, batch_size=32, warmup_steps=50,
-                                                            eval_every=100, checkpoint_every=200, **_GEN_OPT))
-
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
+def _smoke() -> Profile:
+    glow_train = _train(1, 32, 2, 4, 4, GLOW_OPT)
+    gen_train = _train(1, 32, 2, 4, 4, GEN_OPT)
+    cls_train = dict(epochs=1, batch_size=64, lr=0.05, warmup_steps=2, eval_every=4, **CLS_OPT)
+    fm_glow = glow("fashion_mnist", 2, 2, 8, glow_train, n_train=256, n_curve=32, curve_sets=("mnist",), eval_batch=64)
+    fm_vae = vae("fashion_mnist", gen_train, iwae_k=4, width=8, n_train=256, n_curve=32, eval_batch=64)
+    fm_cls = classifier("fashion_mnist", "small_cnn", 4, TrainConfig(**cls_train), n_train=512, n_curve=64)
+    return Profile(
         name="smoke",
         description="seconds per notebook; proves the code path, numbers are meaningless",
         data=DataSettings(n_stats=500, n_grid=16, n_eval=200),
-        glow=GlowSettings(
-            runs={
-                "fashion_mnist": GlowRun("fashion_mnist", levels=2, steps=2, width=8, n_train=256, n_curve=32,
-                                         curve_sets=("mnist",), eval_batch=64,
-                                         train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
-                                                           checkpoint_every=4, **_GLOW_OPT)),
-                "cifar10": GlowRun("cifar10", levels=2, steps=2, width=8, n_train=256, n_curve=32,
-                                   curve_sets=("svhn", "mnist"), eval_batch=64,
-                                   train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
-                                                     checkpoint_every=4, **_GLOW_OPT)),
-            },
-            n_eval=64, ood=_GLOW_OOD),
+        glow=GlowSettings(runs=ByDataset({"fashion_mnist": fm_glow, "cifar10": fm_glow.on("cifar10", ("svhn", "mnist"))},
+                                         "Glow run"), n_eval=64, ood=GLOW_OOD),
         classifier=ClassifierSettings(
-            runs={
-                "cifar10": ClassifierRun("cifar10", ClassifierConfig("resnet18_cifar", width=4), n_train=512,
-                                         n_curve=64, train=TrainConfig(epochs=1, batch_size=64, lr=0.05,
-                                                                       warmup_steps=2, eval_every=4, **_CLS_OPT)),
-                "fashion_mnist": ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=4),
-                                               n_train=512, n_curve=64,
-                                               train=TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_steps=2,
-                                                                 eval_every=4, **_CLS_OPT)),
-            },
-            n_eval=64, n_fit=256, ood=_ASH_OOD, percentiles=(0, 50, 90), ablation_percentiles=(50, 90)),
+            runs=ByDataset({"cifar10": classifier("cifar10", "resnet18_cifar", 4, TrainConfig(**cls_train), n_train=512,
+                                                  n_curve=64),
+                            "fashion_mnist": fm_cls}, "classifier run"),
+            n_eval=64, n_fit=256, ood=ASH_OOD, percentiles=(0, 50, 90), ablation_percentiles=(50, 90),
+            methods=ASH_METHODS),
         unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, n_boot=20,
-                                batch_sizes=(1, 4, 16), codecs=("png", "lzma")),
+                                batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS),
         analysis=AnalysisSettings(n_probes=4, n_taylor=4, n_gray=32, alphas=(0.0, 0.5, 1.0)),
-        families=_families(
-            GenerativeRun("vae", "fashion_mnist", dict(width=8), n_train=256, n_curve=32, eval_batch=64, iwae_k=4,
-                          train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4, checkpoint_every=4,
-                                            **_GEN_OPT)),
-            GenerativeRun("pixelcnn", "fashion_mnist", dict(width=8, layers=2, n_mix=2), n_train=256, n_curve=32,
-                          eval_batch=64, train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
-                                                           checkpoint_every=4, **_GEN_OPT)),
-            n_eval=64, n_samples=4),
-        seeds=SeedSettings(
-            seeds=(0, 1), n_spread=2, n_eval=64, datasets=("fashion_mnist", "mnist"), ood=_SEED_OOD,
-            glow=GlowRun("fashion_mnist", levels=2, steps=2, width=8, n_train=256, n_curve=32, curve_sets=("mnist",),
-                         eval_batch=64, train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
-                                                          checkpoint_every=4, **_GLOW_OPT)),
-            vae=GenerativeRun("vae", "fashion_mnist", dict(width=8), n_train=256, n_curve=32, eval_batch=64, iwae_k=4,
-                              train=TrainConfig(epochs=1, batch_size=32, warmup_steps=2, eval_every=4,
-                                                checkpoint_every=4, **_GEN_OPT)),
-            classifier=ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=4), n_train=512,
-                                     n_curve=64, train=TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_steps=2,
-                                                                   eval_every=4, **_CLS_OPT))),
-    ),
-    "cpu": Profile(
+        families=_families(fm_vae, pixelcnn("fashion_mnist", gen_train, width=8, layers=2, n_mix=2, n_train=256,
+                                            n_curve=32, eval_batch=64), n_eval=64, n_samples=4),
+        seeds=SeedSettings(seeds=(0, 1), n_spread=2, n_eval=64, datasets=("fashion_mnist", "mnist"), ood=SEED_OOD,
+                           glow=fm_glow, vae=fm_vae, classifier=fm_cls, generative=SEED_GENERATIVE),
+    )
+
+
+def _cpu() -> Profile:
+    # VAE: ~1,700 img/s (28x28) / ~1,200 (32x32x3) training, IWAE_8 scoring ~800 / ~400 img/s (2 cores).
+    fm_vae = vae("fashion_mnist", _train(1, 128, 50, 100, 200, GEN_OPT), iwae_k=8, width=32, n_curve=200)
+    # PixelCNN: ~170 img/s (28x28) / ~130 (32x32x3) training at batch 32: one pass over 10,000 images.
+    fm_pixelcnn = pixelcnn("fashion_mnist", _train(1, 32, 50, 100, 200, GEN_OPT), width=32, layers=5, n_mix=5,
+                           n_train=10000, n_curve=200)
+    # Glow: ~400 img/s on 2 cores: one epoch of FashionMNIST in ~2.5 minutes; CIFAR-10 in ~2-4 minutes.
+    fm_glow = glow("fashion_mnist", 2, 8, 64, _train(1, 64, 200, 100, 250, GLOW_OPT), n_curve=500,
+                   curve_sets=("mnist",))
+    cls = dict(eval_every=0, checkpoint_every=200, **CLS_OPT)
+    return Profile(
         name="cpu",
         description="default: the whole book on 2 CPU cores in well under an hour, small models on real data",
         data=DataSettings(n_stats=None, n_grid=32, n_eval=2000),
-        glow=GlowSettings(
-            runs={
-                # ~400 img/s on 2 cores: one epoch of FashionMNIST in ~2.5 minutes.
-                "fashion_mnist": GlowRun("fashion_mnist", levels=2, steps=8, width=64, n_train=None, n_curve=500,
-                                         curve_sets=("mnist",),
-                                         train=TrainConfig(epochs=1, batch_size=64, warmup_steps=200, eval_every=100,
-                                                           checkpoint_every=250, **_GLOW_OPT)),
-                # ~200-390 img/s on 2 cores: one epoch of CIFAR-10 in ~2-4 minutes.
-                "cifar10": GlowRun("cifar10", levels=3, steps=8, width=64, n_train=None, n_curve=500,
-                                   curve_sets=("svhn", "mnist"),
-                                   train=TrainConfig(epochs=1, batch_size=64, warmup_steps=200, eval_every=100,
-                                                     checkpoint_every=250, **_GLOW_OPT)),
-            },
-            n_eval=2000, ood=_GLOW_OOD),
+        glow=GlowSettings(runs=ByDataset({"fashion_mnist": fm_glow,
+                                          "cifar10": fm_glow.on("cifar10", ("svhn", "mnist")).with_model(levels=3)},
+                                         "Glow run"), n_eval=2000, ood=GLOW_OOD),
         classifier=ClassifierSettings(
-            runs={
+            runs=ByDataset({
                 # ~520 img/s on 2 cores (measured, training with augmentation): 4 epochs in ~6.5 minutes.
-                "cifar10": ClassifierRun("cifar10", ClassifierConfig("resnet18_cifar", width=16),
-                                         train=TrainConfig(epochs=4, batch_size=128, lr=0.1, warmup_steps=100,
-                                                           eval_every=0, checkpoint_every=200, **_CLS_OPT)),
-                "fashion_mnist": ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=16),
-                                               train=TrainConfig(epochs=2, batch_size=128, lr=0.05, warmup_steps=50,
-                                                                 eval_every=0, checkpoint_every=200, **_CLS_OPT)),
-            },
-            n_eval=2000, n_fit=10000, ood=_ASH_OOD, percentiles=_SWEEP, ablation_percentiles=(60, 70, 80, 90, 95)),
+                "cifar10": classifier("cifar10", "resnet18_cifar", 16,
+                                      TrainConfig(epochs=4, batch_size=128, lr=0.1, warmup_steps=100, **cls)),
+                "fashion_mnist": classifier("fashion_mnist", "small_cnn", 16,
+                                            TrainConfig(epochs=2, batch_size=128, lr=0.05, warmup_steps=50, **cls)),
+            }, "classifier run"),
+            n_eval=2000, n_fit=10000, ood=ASH_OOD, percentiles=SWEEP, ablation_percentiles=(60, 70, 80, 90, 95),
+            methods=ASH_METHODS),
         # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
         unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, n_boot=200,
-                                batch_sizes=(1, 2, 5, 10, 25, 50), codecs=("png", "lzma")),
+                                batch_sizes=(1, 2, 5, 10, 25, 50), generative=UNIFIED_GENERATIVE,
+                                classifier=ASH_METHODS),
         analysis=AnalysisSettings(n_probes=48, n_taylor=32, n_gray=400, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
-        families=_families(
-            # VAE_CPU / PIXELCNN_CPU below: a few minutes each on 2 cores.
-            VAE_CPU, PIXELCNN_CPU, n_eval=2000, n_samples=16),
+        families=_families(fm_vae, fm_pixelcnn, n_eval=2000, n_samples=16),
         seeds=SeedSettings(
-            seeds=(0, 1, 2, 3, 4), n_spread=3, n_eval=1000, datasets=("fashion_mnist", "mnist"), ood=_SEED_OOD,
+            seeds=(0, 1, 2, 3, 4), n_spread=3, n_eval=1000, datasets=("fashion_mnist", "mnist"), ood=SEED_OOD,
             # A quarter of the chapters' Glow (K=4, width 32) on a third of the training set: ~25 s per seed.
-            glow=GlowRun("fashion_mnist", levels=2, steps=4, width=32, n_train=20000, n_curve=200,
-                         curve_sets=("mnist",), train=TrainConfig(epochs=1, batch_size=64, warmup_steps=100,
-                                                                  eval_every=100, checkpoint_every=250, **_GLOW_OPT)),
-            vae=dataclasses.replace(VAE_CPU, n_train=20000),
-            classifier=ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=16),
-                                     n_train=20000, train=TrainConfig(epochs=1, batch_size=128, lr=0.05,
-                                                                      warmup_steps=50, eval_every=0,
-                                                                      checkpoint_every=200, **_CLS_OPT))),
-    ),
-    "paper": Profile(
+            glow=glow("fashion_mnist", 2, 4, 32, _train(1, 64, 100, 100, 250, GLOW_OPT), n_train=20000, n_curve=200,
+                      curve_sets=("mnist",)),
+            vae=dataclasses.replace(fm_vae, n_train=20000),
+            classifier=classifier("fashion_mnist", "small_cnn", 16,
+                                  TrainConfig(epochs=1, batch_size=128, lr=0.05, warmup_steps=50, **cls),
+                                  n_train=20000),
+            generative=SEED_GENERATIVE),
+    )
+
+
+def _paper() -> Profile:
+    # 28x28 allows two levels (28 -> 14 -> 7); K=32, width 512 as Kingma & Dhariwal.
+    glow_train = _train(100, 256, 200, 200, 200, GLOW_OPT, max_steps=1000)
+    fm_glow = glow("fashion_mnist", 2, 32, 512, glow_train, n_curve=1000, curve_sets=("mnist",))
+    fm_vae = vae("fashion_mnist", _train(50, 256, 200, 500, 1000, GEN_OPT), iwae_k=128, width=128, n_mix=5,
+                 n_curve=1000)
+    cls = dict(eval_every=0, checkpoint_every=2000, amp_bf16=True, **CLS_OPT)
+    fm_cls = classifier("fashion_mnist", "small_cnn", 64,
+                        TrainConfig(epochs=20, batch_size=256, lr=0.1, warmup_steps=200, **cls))
+    return Profile(
         name="paper",
         description="paper-scale models and full test sets; meant for a GPU",
         data=DataSettings(n_stats=None, n_grid=64, n_eval=None),
         glow=GlowSettings(
-            runs={
-                # 28x28 allows two levels (28 -> 14 -> 7); K=32, width 512 as Kingma & Dhariwal.
-                "fashion_mnist": GlowRun("fashion_mnist", levels=2, steps=32, width=512, n_train=None,
-                                         n_curve=1000, curve_sets=("mnist",),
-                                         train=TrainConfig(epochs=100, batch_size=256, warmup_steps=200,
-                                                           eval_every=200, checkpoint_every=200, max_steps=1000,
-                                                           **_GLOW_OPT)),
-                "cifar10": GlowRun("cifar10", levels=3, steps=32, width=512, n_train=None, n_curve=1000,
-                                   curve_sets=("svhn", "mnist"),
-                                   train=TrainConfig(epochs=100, batch_size=256, warmup_steps=200, eval_every=200,
-                                                     checkpoint_every=200, max_steps=400, **_GLOW_OPT)),
-            },
-            n_eval=None, ood=_GLOW_OOD),
+            runs=ByDataset({"fashion_mnist": fm_glow,
+                            "cifar10": glow("cifar10", 3, 32, 512, dataclasses.replace(glow_train, max_steps=400),
+                                            n_curve=1000, curve_sets=("svhn", "mnist"))}, "Glow run"),
+            n_eval=None, ood=GLOW_OOD),
         classifier=ClassifierSettings(
-            runs={
+            runs=ByDataset({
                 # ResNet-18 (OpenOOD's CIFAR model), 60 epochs with bf16 autocast on a GPU.
-                "cifar10": ClassifierRun("cifar10", ClassifierConfig("resnet18_cifar", width=64),
-                                         train=TrainConfig(epochs=60, batch_size=256, lr=0.2, warmup_steps=400,
-                                                           eval_every=0, checkpoint_every=2000, amp_bf16=True,
-                                                           **_CLS_OPT)),
-                "fashion_mnist": ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=64),
-                                               train=TrainConfig(epochs=20, batch_size=256, lr=0.1, warmup_steps=200,
-                                                                 eval_every=0, checkpoint_every=2000, amp_bf16=True,
-                                                                 **_CLS_OPT)),
-            },
-            n_eval=None, n_fit=50000, ood=_ASH_OOD, percentiles=_SWEEP, ablation_percentiles=(60, 70, 80, 90, 95)),
+                "cifar10": classifier("cifar10", "resnet18_cifar", 64,
+                                      TrainConfig(epochs=60, batch_size=256, lr=0.2, warmup_steps=400, **cls)),
+                "fashion_mnist": fm_cls,
+            }, "classifier run"),
+            n_eval=None, n_fit=50000, ood=ASH_OOD, percentiles=SWEEP, ablation_percentiles=(60, 70, 80, 90, 95),
+            methods=ASH_METHODS),
         unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, n_boot=1000,
-                                batch_sizes=(1, 2, 5, 10, 25, 50, 100), codecs=("png", "webp", "lzma")),
+                                batch_sizes=(1, 2, 5, 10, 25, 50, 100),
+                                generative=(*UNIFIED_GENERATIVE, "input_complexity:codec=webp"),
+                                classifier=ASH_METHODS),
         analysis=AnalysisSettings(n_probes=256, n_taylor=128, n_gray=2000, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
-        families=_families(
-            GenerativeRun("vae", "fashion_mnist", dict(width=128, n_mix=5), n_curve=1000, iwae_k=128,
-                          train=TrainConfig(epochs=50, batch_size=256, warmup_steps=200, eval_every=500,
-                                            checkpoint_every=1000, **_GEN_OPT)),
-            GenerativeRun("pixelcnn", "fashion_mnist", dict(width=128, layers=12, n_mix=10), n_curve=1000,
-                          train=TrainConfig(epochs=20, batch_size=128, warmup_steps=200, eval_every=500,
-                                            checkpoint_every=1000, **_GEN_OPT)),
-            n_eval=None, n_samples=64),
+        families=_families(fm_vae, pixelcnn("fashion_mnist", _train(20, 128, 200, 500, 1000, GEN_OPT), width=128,
+                                            layers=12, n_mix=10, n_curve=1000), n_eval=None, n_samples=64),
         seeds=SeedSettings(
-            seeds=(0, 1, 2, 3, 4), n_spread=5, n_eval=None, datasets=("fashion_mnist", "mnist"), ood=_SEED_OOD,
-            glow=GlowRun("fashion_mnist", levels=2, steps=16, width=256, n_curve=1000, curve_sets=("mnist",),
-                         train=TrainConfig(epochs=100, batch_size=256, warmup_steps=200, eval_every=200,
-                                           checkpoint_every=200, max_steps=1000, **_GLOW_OPT)),
-            vae=GenerativeRun("vae", "fashion_mnist", dict(width=128, n_mix=5), n_curve=1000, iwae_k=128,
-                              train=TrainConfig(epochs=50, batch_size=256, warmup_steps=200, eval_every=500,
-                                                checkpoint_every=1000, **_GEN_OPT)),
-            classifier=ClassifierRun("fashion_mnist", ClassifierConfig("small_cnn", in_channels=1, width=64),
-                                     train=TrainConfig(epochs=20, batch_size=256, lr=0.1, warmup_steps=200,
-                                                       eval_every=0, checkpoint_every=2000, amp_bf16=True,
-                                                       **_CLS_OPT))),
-    ),
-}
+            seeds=(0, 1, 2, 3, 4), n_spread=5, n_eval=None, datasets=("fashion_mnist", "mnist"), ood=SEED_OOD,
+            glow=fm_glow.with_model(steps=16, width=256), vae=fm_vae, classifier=fm_cls, generative=SEED_GENERATIVE),
+    )
 
+
+_BUILDERS = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
 DEFAULT_PROFILE = "cpu"
+
+
+def check(profile: Profile) -> Profile:
+    """Raise ``ValueError`` naming the valid choices if a profile names an unknown dataset, OOD set or detector."""
+    def ood_name(name: str) -> None:
+        base, _, view = name.partition(":")
+        if base in data.SYNTHETIC:
+            return
+        if base not in data.MANIFEST:
+            raise ValueError(f"profile {profile.name!r}: unknown OOD set {name!r}; datasets: "
+                             f"{', '.join(sorted(data.MANIFEST))}; synthetic: {', '.join(data.SYNTHETIC)}")
+        if view and view not in data.VIEWS:
+            raise ValueError(f"profile {profile.name!r}: unknown view {view!r} in {name!r}; views: "
+                             f"{', '.join(sorted(data.VIEWS))}")
+
+    for ood in (profile.glow.ood, profile.classifier.ood, profile.seeds.ood):
+        for names_ in ood.values():
+            for n in names_:
+                ood_name(n)
+    for runs in (profile.glow.runs, profile.families.vae, profile.families.pixelcnn):
+        for run in runs.values():
+            for n in run.curve_sets:
+                ood_name(n)
+    for ds in profile.seeds.datasets:
+        if ds not in data.MANIFEST:
+            raise ValueError(f"profile {profile.name!r}: unknown dataset {ds!r}")
+    for specs in (profile.classifier.methods, profile.unified.generative, profile.unified.classifier,
+                  profile.seeds.generative):
+        detectors.parse_all(specs)
+    return profile
 
 
 def get_profile(name: str = DEFAULT_PROFILE) -> Profile:
     try:
-        return PROFILES[name]
+        builder = _BUILDERS[name]
     except KeyError:
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(_BUILDERS)}") from None
+    return check(builder())
+
+
+PROFILES = tuple(_BUILDERS)

@@ -22,9 +22,29 @@ def test_profiles_exist_and_scale_monotonically():
         profiles.get_profile("huge")
 
 
+def test_profile_typos_fail_at_get_profile_with_the_valid_names():
+    import dataclasses
+
+    P = profiles.get_profile("smoke")
+    bad_ood = dataclasses.replace(P.glow, ood=profiles.ByDataset({"cifar10": ("svnh",)}))
+    with pytest.raises(ValueError, match="unknown OOD set 'svnh'.*svhn"):
+        profiles.check(dataclasses.replace(P, glow=bad_ood))
+    bad_view = dataclasses.replace(P.glow, ood=profiles.ByDataset({"cifar10": ("cifar10:grey",)}))
+    with pytest.raises(ValueError, match="unknown view 'grey'.*gray"):
+        profiles.check(dataclasses.replace(P, glow=bad_view))
+    bad_method = dataclasses.replace(P.classifier, methods=("ash_s@95", "ash_q@90"))
+    with pytest.raises(ValueError, match="unknown detector 'ash_q'.*ash_s"):
+        profiles.check(dataclasses.replace(P, classifier=bad_method))
+    with pytest.raises(ValueError, match="unknown dataset name.*fashion_mnist"):
+        profiles.ByDataset({"fashion-mnist": 1})
+    with pytest.raises(KeyError, match="no Glow run for dataset 'svhn'.*fashion_mnist"):
+        P.glow.runs["svhn"]
+
+
 def test_config_key_is_canonical():
     assert artifacts.config_key({"a": 1, "b": (1, 2)}) == artifacts.config_key({"b": [1, 2], "a": 1})
     assert artifacts.config_key({"a": 1}) != artifacts.config_key({"a": 2})
+    assert artifacts.config_key({"a": np.int64(1)}) == artifacts.config_key({"a": 1})
 
 
 def test_cache_miss_then_hit(tmp_path):
@@ -36,10 +56,10 @@ def test_cache_miss_then_hit(tmp_path):
         return {"s": np.arange(3.0)}
 
     cfg = {"model": "glow", "lr": 1e-3}
-    a = store.cached_arrays("scores", cfg, compute)
-    b = store.cached_arrays("scores", cfg, compute)
+    a = store.cached_arrays("glow_scores", cfg, compute)
+    b = store.cached_arrays("glow_scores", cfg, compute)
     assert len(calls) == 1 and np.array_equal(a["s"], b["s"])
-    store.cached_arrays("scores", {**cfg, "lr": 2e-3}, compute)  # changed parameter recomputes
+    store.cached_arrays("glow_scores", {**cfg, "lr": 2e-3}, compute)  # changed parameter recomputes
     assert len(calls) == 2
 
 
@@ -52,25 +72,25 @@ def test_killed_write_is_never_trusted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez_compressed", boom)
     with pytest.raises(KeyboardInterrupt):
-        store.save("scores", cfg, arrays={"a": np.zeros(2)})
-    assert not store.exists("scores", cfg)
-    assert not store.path("scores", cfg).exists()
-    assert list((tmp_path / "scores").glob(".tmp-*")) == []
+        store.save("glow_scores", cfg, arrays={"a": np.zeros(2)})
+    assert not store.exists("glow_scores", cfg)
+    assert not store.path("glow_scores", cfg).exists()
+    assert list((tmp_path / "glow_scores").glob(".tmp-*")) == []
 
 
 def test_leftover_without_done_is_replaced(tmp_path):
     store = artifacts.ArtifactStore(tmp_path)
     cfg = {"x": 2}
-    half = store.path("m", cfg)
+    half = store.path("glow", cfg)
     half.mkdir(parents=True)
     (half / "arrays.npz").write_bytes(b"half written")
-    assert not store.exists("m", cfg)
+    assert not store.exists("glow", cfg)
     with pytest.raises(FileNotFoundError):
-        store.load_arrays("m", cfg)
-    store.save("m", cfg, arrays={"a": np.ones(2)}, state_dict={"w": torch.ones(2)})
-    assert np.array_equal(store.load_arrays("m", cfg)["a"], np.ones(2))
-    assert torch.equal(store.load_state_dict("m", cfg)["w"], torch.ones(2))
-    assert "hardware" in store.load_meta("m", cfg)
+        store.load_arrays("glow", cfg)
+    store.save("glow", cfg, arrays={"a": np.ones(2)}, state_dict={"w": torch.ones(2)})
+    assert np.array_equal(store.load_arrays("glow", cfg)["a"], np.ones(2))
+    assert torch.equal(store.load_state_dict("glow", cfg)["w"], torch.ones(2))
+    assert "hardware" in store.load_meta("glow", cfg)
 
 
 def _pins(lines):

@@ -1,0 +1,606 @@
+"""Detectors: every OOD score of the book behind one contract, in one registry, run by one suite.
+
+**Contract.** A detector is fitted on in-distribution data where it needs to be and then scores
+evaluation sets, **higher = more in-distribution**, as float64 ``[N]`` arrays::
+
+    detector.fit(ctx) -> detector          # no-op for detectors without parameters to fit
+    detector.score(ctx, key) -> np.ndarray # key: names.ID_TEST or an OOD set key ("mnist", ...)
+    detector.predict(ctx, key)             # class predictions after the detector's own feature
+                                           # pipeline (classifier detectors), else None
+
+``ctx`` is a :class:`Context`: the evaluation sets (the *same* images for every detector, checked),
+and the resources detectors read -- a classifier evaluation (cached penultimate features and logits
+of the fit, ID and OOD sets; the trained model) and likelihood evaluations by role (``"glow"``,
+``"cv_glow"``, ``"background"``, ``"vae"``, ``"pixelcnn"``).
+
+**Registry and specs.** Detectors are named by specs parsed once (no ``eval``)::
+
+    "energy"  "ash_s@95"  "ash_s@95+react"  "react@80"  "knn:k=50"  "input_complexity:codec=png"
+
+``name[@percentile][:option=value,...]``, parts joined by ``+`` compose classifier feature
+pipelines in a fixed order -- ReAct clipping, then one shaper (ASH-P/B/S/RAND, SCALE), then the
+head (DICE's sparsified layer or the plain one), scored with the energy -- so a detector's score and
+its ID accuracy always come from the *same* pipeline. Percentiles are in percent. Adding a
+detector = one class or function, one :data:`REGISTRY` line, and its test.
+
+**Suite and tables.** :class:`Suite` fits each detector once per context and runs any list of
+specs; :func:`score_table` (FPR95/AUROC/AUPR per set with a bootstrap interval on the AUROC),
+:func:`typicality_table`, :func:`seed_table` and :func:`seed_summary` turn scores into tables with one
+metrics implementation (:mod:`ood_core.metrics`, ID = positive class).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ood_core import ash, data, metrics, names, scores
+from ood_core import generative_scores as gsc
+from ood_core.artifacts import content_digest
+
+
+# ----------------------------------------------------------------------------------- specs
+
+@dataclass(frozen=True)
+class Part:
+    """One ``name[@percentile][:k=v,...]`` element of a spec."""
+
+    name: str
+    percentile: float | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+    def __str__(self) -> str:
+        s = self.name + (f"@{self.percentile:g}" if self.percentile is not None else "")
+        return s + (":" + ",".join(f"{k}={v}" for k, v in self.options) if self.options else "")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed detector spec: one or more parts (a feature pipeline when more than one)."""
+
+    parts: tuple[Part, ...]
+
+    def __str__(self) -> str:
+        return "+".join(str(p) for p in self.parts)
+
+    @property
+    def title(self) -> str:
+        return _entry(self.parts[0].name).title(self)
+
+
+_PART = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(?:@(?P<p>[0-9.]+))?(?::(?P<opts>.+))?$")
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse(spec: str | Spec) -> Spec:
+    """Parse ``"ash_s@95+react"``-style text into a :class:`Spec`, checking names, percentiles, options."""
+    if isinstance(spec, Spec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a detector spec is a non-empty string such as 'ash_s@95'; got {spec!r}")
+    parts = []
+    for text in spec.replace(" ", "").split("+"):
+        m = _PART.match(text)
+        if not m:
+            raise ValueError(f"cannot parse detector spec part {text!r} of {spec!r}: "
+                             "expected name[@percentile][:option=value,...]")
+        entry = _entry(m["name"])
+        p = None if m["p"] is None else ash._check_percentile(float(m["p"]))
+        if p is None and entry.percentile is not None:
+            p = float(entry.percentile)
+        if p is not None and entry.percentile is None:
+            raise ValueError(f"detector {m['name']!r} takes no percentile (got {text!r})")
+        opts = []
+        for kv in (m["opts"] or "").split(",") if m["opts"] else []:
+            key, eq, val = kv.partition("=")
+            if not eq or key not in entry.options:
+                raise ValueError(f"detector {m['name']!r} has options {sorted(entry.options) or 'none'}; got {kv!r}")
+            opts.append((key, _value(val)))
+        given = dict(opts)
+        options = tuple((k, given.get(k, default)) for k, default in entry.options.items())
+        parts.append(Part(m["name"], p, options))
+    if len(parts) > 1:
+        roles = [_entry(p.name).role for p in parts]
+        if "score" in roles:
+            raise ValueError(f"{spec!r}: only pipeline parts (react, ASH/SCALE shapers, dice) can be combined")
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"{spec!r}: at most one clip (react), one shaper and one head (dice)")
+        order = {"shaper": 0, "clip": 1, "head": 2}
+        parts.sort(key=lambda p: order[_entry(p.name).role])
+    return Spec(tuple(parts))
+
+
+def parse_all(specs: Iterable[str | Spec]) -> list[Spec]:
+    return [parse(s) for s in specs]
+
+
+# ----------------------------------------------------------------------------------- context
+
+@dataclass
+class Context:
+    """What detectors read: the evaluation sets and the models' cached outputs on them.
+
+    ``sets`` maps keys (``names.ID_TEST`` and OOD keys) to images; ``classifier`` is a
+    :class:`ood_core.classifier_study.ClassifierEvaluation` (or None); ``likelihoods`` maps roles to
+    :class:`ood_core.likelihood_study.LikelihoodEvaluation`. Every resource must hold the same images
+    for every key it shares with ``sets`` (checked); :attr:`keys` are the keys all resources have.
+    """
+
+    sets: dict[str, data.ImageSet]
+    classifier: Any = None
+    likelihoods: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self):
+        if names.ID_TEST not in self.sets:
+            raise ValueError(f"the context needs the ID test set under {names.ID_TEST!r}")
+        digests = {k: content_digest(s.x, 64) for k, s in self.sets.items()}
+        keys = [k for k in self.sets if k != names.ID_TRAIN]
+        for label, resource_sets in self._resource_sets():
+            for k in list(keys):
+                if k not in resource_sets:
+                    keys.remove(k)
+                elif content_digest(resource_sets[k].x, 64) != digests[k]:
+                    raise ValueError(f"{label} did not score the same images as the context for {k!r}: "
+                                     "use the same n_eval and seed in every evaluation")
+        if names.ID_TEST not in keys:
+            raise ValueError("the resources share no ID test set")
+        self.keys = keys
+
+    def _resource_sets(self):
+        if self.classifier is not None:
+            yield "the classifier", {names.ID_TEST: self.classifier.id_set, **self.classifier.ood_sets}
+        for role, ev in self.likelihoods.items():
+            yield f"the {role} model", ev.sets
+
+    @property
+    def ood_keys(self) -> list[str]:
+        return [k for k in self.keys if k != names.ID_TEST]
+
+    @property
+    def set_names(self) -> dict[str, str]:
+        return {k: self.sets[k].name for k in self.keys}
+
+    def images(self, key: str) -> torch.Tensor:
+        return self.sets[key].x
+
+    def likelihood(self, role: str):
+        if role not in self.likelihoods:
+            raise KeyError(f"this detector needs the {role!r} likelihood model; the context has "
+                           f"{sorted(self.likelihoods) or 'none'}")
+        return self.likelihoods[role]
+
+    def require_classifier(self):
+        if self.classifier is None:
+            raise KeyError("this detector needs a classifier evaluation; the context has none")
+        return self.classifier
+
+    def features(self, key: str) -> dict[str, np.ndarray]:
+        clf = self.require_classifier()
+        return clf.id_feats if key == names.ID_TEST else clf.ood_feats[key]
+
+
+# ----------------------------------------------------------------------------------- contract
+
+class Detector:
+    """Base class: see the module docstring. Subclasses set ``family`` and implement ``score``."""
+
+    family: ClassVar[str] = names.CLASSIFIER
+
+    def fit(self, ctx: Context) -> "Detector":
+        return self
+
+    def score(self, ctx: Context, key: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, ctx: Context, key: str) -> np.ndarray | None:
+        return None
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+class ClassifierDetector(Detector):
+    """A post-hoc detector on a classifier's cached penultimate features and logits.
+
+    Subclasses implement ``fit_features(fit, model)``, ``score_features(feats, model)`` and, when
+    they change the prediction, ``logits(feats, model)`` (default: the cached logits).
+    """
+
+    family = names.CLASSIFIER
+
+    def fit(self, ctx: Context) -> "ClassifierDetector":
+        clf = ctx.require_classifier()
+        self.fit_features(clf.fit_feats, clf.model_cpu)
+        self.seed = ctx.seed
+        return self
+
+    def fit_features(self, fit: dict[str, np.ndarray], model) -> None:
+        pass
+
+    def logits(self, feats: dict[str, np.ndarray], model) -> torch.Tensor:
+        return torch.from_numpy(feats["logits"])
+
+    def score_features(self, feats: dict[str, np.ndarray], model) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, ctx: Context, key: str) -> np.ndarray:
+        with torch.no_grad():
+            return _np(self.score_features(ctx.features(key), ctx.require_classifier().model_cpu))
+
+    def predict(self, ctx: Context, key: str) -> np.ndarray:
+        with torch.no_grad():
+            return self.logits(ctx.features(key), ctx.require_classifier().model_cpu).argmax(1).numpy()
+
+
+class LogitScore(ClassifierDetector):
+    """A pure function of the cached logits: MSP, max-logit, GEN."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.fn = fn
+
+    def score_features(self, feats, model):
+        return self.fn(torch.from_numpy(feats["logits"]))
+
+
+class Pipeline(ClassifierDetector):
+    """``energy(head(shaper(clip(features))))``: ReAct clip, an ASH/SCALE shaper and DICE's head, each optional.
+
+    With none of the three it is the energy score of the cached logits (Liu et al. 2020). The ID
+    accuracy of the detector is the argmax of the *same* logits.
+    """
+
+    def __init__(self, clip: float | None = None, shaper: Part | None = None, dice: float | None = None):
+        self.clip, self.shaper_part, self.dice = clip, shaper, dice
+
+    def fit_features(self, fit, model):
+        f = torch.from_numpy(fit["features"])
+        self.react_ = scores.ReAct(self.clip).fit(f) if self.clip is not None else None
+        self.dice_ = scores.DICE(self.dice).fit(f, model) if self.dice is not None else None
+
+    def _shaper(self):
+        if self.shaper_part is None:
+            return None
+        kw = {"generator": torch.Generator().manual_seed(self.seed)} if self.shaper_part.name == "ash_rand" else {}
+        return ash.make_shaper(self.shaper_part.name, self.shaper_part.percentile, **kw)
+
+    def logits(self, feats, model):
+        if self.react_ is None and self.shaper_part is None and self.dice_ is None:
+            return torch.from_numpy(feats["logits"])
+        f = torch.from_numpy(feats["features"])
+        if self.react_ is not None:
+            f = self.react_.transform(f)
+        shaper = self._shaper()
+        if self.dice_ is not None:
+            return self.dice_.logits(model, f, shaper=shaper)
+        return scores.logits_from_features(model, f, shaper)
+
+    def score_features(self, feats, model):
+        return scores.energy(self.logits(feats, model))
+
+
+class Mahalanobis(ClassifierDetector):
+    """Lee et al. (2018): class means and a tied covariance of ID training features."""
+
+    def fit_features(self, fit, model):
+        self.maha_ = scores.Mahalanobis().fit(torch.from_numpy(fit["features"]), torch.from_numpy(fit["y"]))
+
+    def score_features(self, feats, model):
+        return self.maha_.score(torch.from_numpy(feats["features"]))
+
+
+class ODIN(ClassifierDetector):
+    """Liang et al. (2018): temperature-scaled MSP after input perturbation (needs the images)."""
+
+    def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014):
+        self.temperature, self.epsilon = temperature, epsilon
+
+    def score(self, ctx: Context, key: str) -> np.ndarray:
+        model = ctx.require_classifier().trained.model
+        return _np(scores.odin(model, ctx.images(key), temperature=self.temperature, epsilon=self.epsilon))
+
+
+class LogLikelihood(Detector):
+    """A density model's ``log p(x)`` (Nalisnick et al.): the raw likelihood as a score."""
+
+    family = names.GENERATIVE
+
+    def __init__(self, role: str):
+        self.role = role
+
+    def score(self, ctx, key):
+        return ctx.likelihood(self.role).scores[key]["log_px"]
+
+
+class LikelihoodRatio(Detector):
+    """Ren et al. (2019): ``log p_model(x) - log p_background(x)``."""
+
+    family = names.GENERATIVE
+
+    def __init__(self, model: str = "glow", background: str = "background"):
+        self.model, self.background = model, background
+
+    def score(self, ctx, key):
+        return gsc.likelihood_ratio(ctx.likelihood(self.model).scores[key]["log_px"],
+                                    ctx.likelihood(self.background).scores[key]["log_px"])
+
+
+class Typicality(Detector):
+    """Nalisnick et al. (2019b) at batch size 1: ``-|NLL(x) - H|``, ``H`` the mean NLL of ID training images."""
+
+    family = names.GENERATIVE
+
+    def __init__(self, model: str = "glow"):
+        self.model = model
+
+    def fit(self, ctx):
+        self.entropy_ = gsc.estimate_entropy(-ctx.likelihood(self.model).scores[names.ID_TRAIN]["log_px"])
+        return self
+
+    def score(self, ctx, key):
+        return -np.abs(-ctx.likelihood(self.model).scores[key]["log_px"] - self.entropy_)
+
+
+class InputComplexity(Detector):
+    """Serrà et al. (2020): ``(log2 p(x) + L_codec(x)) / D`` with a lossless codec's code length."""
+
+    family = names.GENERATIVE
+
+    def __init__(self, codec: str = "png", model: str = "glow"):
+        self.codec, self.model = codec, model
+
+    def score(self, ctx, key):
+        return gsc.input_complexity_score(ctx.likelihood(self.model).scores[key]["log_px"], ctx.images(key),
+                                          codec=self.codec)
+
+
+# ----------------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class Entry:
+    """A registry entry: how to build the detector from its spec and how to name it in tables."""
+
+    build: Callable[[Spec], Detector]
+    title: Callable[[Spec], str]
+    role: str = "score"  # "score" (stands alone), or a pipeline part: "clip", "shaper", "head"
+    percentile: float | None = None  # default percentile; None = takes no percentile
+    options: Mapping[str, Any] = field(default_factory=dict)
+    family: str = names.CLASSIFIER
+    doc: str = ""
+
+
+def _pipeline(spec: Spec) -> Pipeline:
+    roles = {_entry(p.name).role: p for p in spec.parts}
+    clip, shaper, head = roles.get("clip"), roles.get("shaper"), roles.get("head")
+    return Pipeline(clip=clip.percentile if clip else None, shaper=shaper,
+                    dice=head.percentile if head else None)
+
+
+def _fixed(title: str) -> Callable[[Spec], str]:
+    return lambda spec: title
+
+
+def _with_p(title: str, default: float) -> Callable[[Spec], str]:
+    """``"ReAct"`` at the default percentile, ``"ReAct@80"`` otherwise."""
+    def fn(spec: Spec) -> str:
+        p = spec.parts[0].percentile
+        return title if p == default else f"{title}@{p:g}"
+    return fn
+
+
+_PART_TITLES = {"react": "ReAct", "dice": "DICE"}
+
+
+def _shaped_title(title: str) -> Callable[[Spec], str]:
+    """``"ASH-S@95"``, with ``" + ReAct"`` / ``" + DICE"`` for the other pipeline parts."""
+    def fn(spec: Spec) -> str:
+        head = f"{title}@{spec.parts[0].percentile:g}"
+        for p in spec.parts[1:]:
+            tail = _PART_TITLES[p.name]
+            head += f" + {tail}" if p.percentile == REGISTRY[p.name].percentile else f" + {tail}@{p.percentile:g}"
+        return head
+    return fn
+
+
+def _pipeline_title(spec: Spec) -> str:
+    first = spec.parts[0]
+    if len(spec.parts) == 1:
+        return _with_p(_PART_TITLES[first.name], REGISTRY[first.name].percentile)(spec)
+    return " + ".join(_with_p(_PART_TITLES[p.name], REGISTRY[p.name].percentile)(Spec((p,))) for p in spec.parts)
+
+
+def _codec_title(spec: Spec) -> str:
+    return f"input complexity ({spec.parts[0].option('codec')})"
+
+
+_ROLE_TITLES = {"glow": "Glow", "cv_glow": "CV-Glow", "vae": "VAE", "pixelcnn": "PixelCNN"}
+
+#: Every detector, by spec name.
+REGISTRY: dict[str, Entry] = {
+    # classifier detectors on logits
+    "msp": Entry(lambda s: LogitScore(scores.msp), _fixed("MSP"), doc="max softmax probability (Hendrycks & Gimpel 2017)"),
+    "max_logit": Entry(lambda s: LogitScore(scores.max_logit), _fixed("max-logit"), doc="max logit (Hendrycks et al. 2022)"),
+    "energy": Entry(lambda s: Pipeline(), _fixed("energy"), doc="energy score (Liu et al. 2020)"),
+    "odin": Entry(lambda s: ODIN(s.parts[0].option("temperature"), s.parts[0].option("epsilon")), _fixed("ODIN"),
+                  options={"temperature": 1000.0, "epsilon": 0.0014}, doc="ODIN (Liang et al. 2018), CIFAR values"),
+    "mahalanobis": Entry(lambda s: Mahalanobis(), _fixed("Mahalanobis"), doc="Mahalanobis (Lee et al. 2018), tied covariance"),
+    # feature pipelines: clip -> shaper -> head, scored with the energy
+    "react": Entry(_pipeline, _pipeline_title, role="clip", percentile=90.0, doc="ReAct clipping (Sun et al. 2021)"),
+    "dice": Entry(_pipeline, _pipeline_title, role="head", percentile=90.0, doc="DICE sparsified head (Sun & Li 2022)"),
+    "ash_p": Entry(_pipeline, _shaped_title("ASH-P"), role="shaper", percentile=90.0, doc="ASH-P (Djurisic et al. 2023)"),
+    "ash_b": Entry(_pipeline, _shaped_title("ASH-B"), role="shaper", percentile=95.0, doc="ASH-B (Djurisic et al. 2023)"),
+    "ash_s": Entry(_pipeline, _shaped_title("ASH-S"), role="shaper", percentile=95.0, doc="ASH-S (Djurisic et al. 2023)"),
+    "ash_rand": Entry(_pipeline, _shaped_title("ASH-RAND"), role="shaper", percentile=90.0,
+                      doc="ASH-RAND (Djurisic et al. 2023), U(0, 10) at kept positions"),
+    # generative detectors
+    **{role: Entry(lambda s, role=role: LogLikelihood(role), _fixed(f"{title} log p"), family=names.GENERATIVE,
+                   doc=f"{title} log-likelihood (Nalisnick et al. 2019)") for role, title in _ROLE_TITLES.items()},
+    "likelihood_ratio": Entry(lambda s: LikelihoodRatio(), _fixed("likelihood ratio"), family=names.GENERATIVE,
+                              doc="Glow log p minus a background Glow's (Ren et al. 2019)"),
+    "typicality": Entry(lambda s: Typicality(), _fixed("typicality (M=1)"), family=names.GENERATIVE,
+                        doc="typicality test at batch size 1 (Nalisnick et al. 2019b)"),
+    "input_complexity": Entry(lambda s: InputComplexity(s.parts[0].option("codec")), _codec_title,
+                              options={"codec": "png"}, family=names.GENERATIVE,
+                              doc="likelihood corrected by a lossless code length (Serrà et al. 2020)"),
+}
+
+
+def _entry(name: str) -> Entry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+
+
+def build(spec: str | Spec) -> Detector:
+    """An unfitted detector for ``spec``."""
+    spec = parse(spec)
+    return _entry(spec.parts[0].name).build(spec)
+
+
+def title(spec: str | Spec) -> str:
+    """The name of ``spec`` in tables (``"ASH-S@95 + ReAct"``)."""
+    return parse(spec).title
+
+
+def family_of(spec: str | Spec) -> str:
+    return _entry(parse(spec).parts[0].name).family
+
+
+# ----------------------------------------------------------------------------------- suite
+
+class Suite:
+    """Every detector for one context, each fitted once (on first use) and run on any list of specs."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._fitted: dict[str, Detector] = {}
+
+    def detector(self, spec: str | Spec) -> Detector:
+        spec = parse(spec)
+        key = str(spec)
+        if key not in self._fitted:
+            self._fitted[key] = build(spec).fit(self.ctx)
+        return self._fitted[key]
+
+    def scores(self, spec: str | Spec, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """``{key: scores}`` of one detector on ``keys`` (default: the context's ID test and OOD sets)."""
+        det = self.detector(spec)
+        return {k: det.score(self.ctx, k) for k in (keys or self.ctx.keys)}
+
+    def accuracy(self, spec: str | Spec) -> float:
+        """ID top-1 accuracy (%) of the prediction after the detector's pipeline (NaN for generative)."""
+        pred = self.detector(spec).predict(self.ctx, names.ID_TEST)
+        if pred is None:
+            return float("nan")
+        return 100.0 * float((pred == self.ctx.features(names.ID_TEST)["y"]).mean())
+
+    def run(self, specs: Iterable[str | Spec]) -> dict[str, dict[str, np.ndarray]]:
+        """``{title: {key: scores}}`` for every spec, in order."""
+        return {title(s): self.scores(s) for s in specs}
+
+
+# ----------------------------------------------------------------------------------- tables
+
+def benchmark_table(suite: Suite, specs: Iterable[str | Spec], set_names: Mapping[str, str] | None = None
+                    ) -> pd.DataFrame:
+    """Long table: one row per (method, OOD set) plus a ``mean`` row per method; FPR95/AUROC/AUPR in %,
+    and the ID accuracy each method leaves the classifier with."""
+    set_names = set_names or suite.ctx.set_names
+    rows = []
+    for spec in parse_all(specs):
+        s = suite.scores(spec)
+        table = metrics.metrics_table(s[names.ID_TEST], {set_names.get(k, k): s[k] for k in suite.ctx.ood_keys})
+        table.insert(0, names.METHOD, spec.title)
+        table[names.ID_ACCURACY] = suite.accuracy(spec)
+        rows.append(table.reset_index())
+    return pd.concat(rows, ignore_index=True)
+
+
+def score_table(detector_scores: Mapping[str, Mapping[str, np.ndarray]], families: Mapping[str, str],
+                set_names: Mapping[str, str], n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Long table: detector, family, OOD set, AUROC with its bootstrap 95 % interval, FPR95, AUPRs (%)."""
+    rows = []
+    for det, sc in detector_scores.items():
+        for key, s in sc.items():
+            if key == names.ID_TEST:
+                continue
+            m = metrics.ood_metrics(sc[names.ID_TEST], s)
+            lo, hi = metrics.bootstrap_ci(sc[names.ID_TEST], s, "AUROC", n_boot=n_boot, seed=seed)
+            rows.append({names.DETECTOR: det, names.FAMILY: families[det], names.OOD_SET: set_names.get(key, key),
+                         names.AUROC: m["AUROC"], names.AUROC_LOW: lo, names.AUROC_HIGH: hi, names.FPR95: m["FPR95"],
+                         names.AUPR_IN: m["AUPR_In"], names.AUPR_OUT: m["AUPR_Out"]})
+    return pd.DataFrame(rows)
+
+
+def run_table(ctx: Context, specs: Iterable[str | Spec], n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """:func:`score_table` of every spec on the context's sets (the unified benchmark's table)."""
+    specs = parse_all(specs)
+    suite = Suite(ctx)
+    return score_table(suite.run(specs), {s.title: family_of(s) for s in specs}, ctx.set_names,
+                       n_boot=n_boot, seed=seed)
+
+
+def typicality_table(glow_ev, batch_sizes, seed: int = 0) -> pd.DataFrame:
+    """AUROC of the typicality test against batch size M for every OOD set (Nalisnick et al. 2019b)."""
+    entropy = gsc.estimate_entropy(-glow_ev.scores[names.ID_TRAIN]["log_px"])
+    frames = []
+    for k, s in glow_ev.sets.items():
+        if k in names.ID_KEYS:
+            continue
+        t = gsc.typicality_auroc_by_batch_size(-glow_ev.scores[names.ID_TEST]["log_px"], -glow_ev.scores[k]["log_px"],
+                                               entropy, batch_sizes, seed=seed)
+        t.insert(0, names.OOD_SET, s.name)
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+def seed_table(scores_by_seed: Mapping[int, Mapping[str, Mapping[str, np.ndarray]]], families: Mapping[str, str],
+               set_names: Mapping[str, str], id_name: str) -> pd.DataFrame:
+    """Long table of AUROC / FPR95 / AUPRs (%) per training seed, detector and OOD set.
+
+    ``scores_by_seed[seed]`` is a ``{detector: {set key: scores}}`` mapping as in :func:`score_table`,
+    computed from models trained with that seed on the same images.
+    """
+    rows = []
+    for seed, detector_scores in scores_by_seed.items():
+        for det, sc in detector_scores.items():
+            for key, s in sc.items():
+                if key == names.ID_TEST:
+                    continue
+                m = metrics.ood_metrics(sc[names.ID_TEST], s)
+                rows.append({"ID": id_name, names.OOD_SET: set_names.get(key, key), names.DETECTOR: det,
+                             names.FAMILY: families[det], "seed": seed, **m})
+    return pd.DataFrame(rows)
+
+
+def seed_summary(long: pd.DataFrame, metric: str = names.AUROC) -> pd.DataFrame:
+    """Mean, sample std, min, max and number of seeds of ``metric`` per (ID, OOD set, detector)."""
+    g = long.groupby(["ID", names.OOD_SET, names.FAMILY, names.DETECTOR], sort=False)[metric]
+    out = g.agg(mean="mean", std=lambda v: gsc.seed_spread(v.to_numpy())[1], min="min", max="max", seeds="count")
+    return out.reset_index()
+
+
+def registry_table() -> pd.DataFrame:
+    """The registered detectors: spec name, family, default percentile, options, what it is."""
+    return pd.DataFrame([{"spec": name, "family": e.family, "role": e.role,
+                          "default percentile": e.percentile, "options": dict(e.options) or "", "detector": e.doc}
+                         for name, e in REGISTRY.items()])

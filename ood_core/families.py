@@ -1,0 +1,310 @@
+"""Model families: how each kind of model is built, trained, scored and named -- one registry entry each.
+
+A :class:`Family` gathers what :func:`ood_core.experiment.train_or_load` and the evaluations need
+from a model family, so that no code above this module branches on a family's name:
+
+* ``config`` and ``build`` -- the model's config class (built from the run's keywords and the
+  dataset's image shape) and the model;
+* ``training`` -- the training set, loss, batch transform, data-dependent initialisation and the
+  curves tracked along training (:class:`Training`);
+* ``score`` -- per-example likelihood terms of a uint8 image batch (likelihood families only;
+  always ``log_px`` in nats of the discrete image and ``bpd``), cached as ``<name>_scores``;
+* ``table_terms`` -- extra per-set columns of the likelihood table (mean of a score term);
+* ``label`` -- a one-line description for figures and tables.
+
+Adding a model family is one :class:`Family` entry in :data:`FAMILIES` (plus its artifact kinds in
+:data:`ood_core.artifacts.KINDS` and its tests); nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ood_core import data, likelihood, names, units
+from ood_core.classifiers import build_classifier
+from ood_core.flows import Glow, GlowConfig, initialize_actnorm
+
+
+@dataclass
+class Training:
+    """What the trainer needs for one run (see :func:`ood_core.train.train`)."""
+
+    dataset: TensorDataset
+    n_train: int
+    loss: Callable
+    evaluators: dict[str, Callable[[nn.Module], float]]
+    init_fn: Callable | None = None
+    batch_transform: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (see the module docstring)."""
+
+    name: str
+    title: str
+    role: str  # "likelihood" (scores images with log p) or "classifier"
+    config: Callable[[Any], Any]
+    build: Callable[[Any], nn.Module]
+    training: Callable[[Any], Training]
+    label: Callable[[Any], str]
+    score: Callable[[nn.Module, torch.Tensor, Any, int], dict[str, np.ndarray]] | None = None
+    table_terms: tuple[tuple[str, str], ...] = ()  # (column, score term) pairs, mean over the set
+    scoring_defaults: Mapping[str, Any] = field(default_factory=dict)
+    reference: tuple[str, Mapping] | None = None  # (table column, {(dataset, set name): paper value})
+    model_kind: str = ""
+    scores_kind: str = ""
+
+    @property
+    def is_likelihood(self) -> bool:
+        return self.role == "likelihood"
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+def curve_sets(run) -> dict[str, torch.Tensor]:
+    """ID train/test and OOD subsets tracked along training (fixed subsets, seed 1)."""
+    shape = data.spec(run.dataset).shape
+    sets = {
+        names.ID_TRAIN: data.load(run.dataset, "train").subset(run.n_curve, seed=1).x,
+        names.ID_TEST: data.load(run.dataset, "test").subset(run.n_curve, seed=1).x,
+    }
+    ood, _ = data.ood_sets(shape, list(run.curve_sets), n=run.n_curve, seed=1)
+    sets.update({s.name: s.x for s in ood.values()})
+    return sets
+
+
+def curve_evaluators(run, mean_bpd: Callable[[nn.Module, torch.Tensor], np.ndarray]) -> dict[str, Callable]:
+    """``{"bpd: <set>": model -> mean bits/dim}`` for every curve set of ``run``."""
+    return {names.curve_column(name): (lambda m, x=x: float(mean_bpd(m, x).mean()))
+            for name, x in curve_sets(run).items()}
+
+
+def _train_images(run) -> data.ImageSet:
+    return data.load(run.dataset, "train").subset(run.n_train, seed=run.train.seed)
+
+
+# ----------------------------------------------------------------------------- Glow / CV-Glow
+
+#: Mean bits/dim of Glow in Nalisnick et al. (2019, arXiv:1810.09136), from their table of Glow
+#: log-likelihoods as transcribed in shared/PAPERS.md (CIFAR-10 test corroborated by a second
+#: source; the others recalled, not re-checked against the PDF here). Keys: (ID dataset, set).
+PAPER_BPD = {
+    ("fashion_mnist", "FashionMNIST train"): 2.902,
+    ("fashion_mnist", "FashionMNIST test"): 2.958,
+    ("fashion_mnist", "MNIST test"): 1.833,
+    ("cifar10", "CIFAR-10 train"): 3.386,
+    ("cifar10", "CIFAR-10 test"): 3.464,
+    ("cifar10", "SVHN test"): 2.389,
+}
+
+
+def glow_loss(model: Glow, batch) -> torch.Tensor:
+    """Mean bits/dim of the discrete data for a dequantised batch (``units.continuous_bpd``)."""
+    log_pz, logdet = model.log_prob_parts(batch[0])
+    return units.continuous_bpd((log_pz + logdet).mean(), batch[0][0].numel(), model.config.n_bits)
+
+
+def dequantize_batch(batch, generator):
+    """Uniform dequantisation into Glow's input space (:func:`ood_core.likelihood.preprocess`)."""
+    return (likelihood.preprocess(batch[0], generator=generator),)
+
+
+def perturb_and_dequantize(rate: float) -> Callable:
+    """Ren et al.'s background-model input: pixels replaced at ``rate``, then dequantised."""
+    from ood_core.generative_scores import perturb_pixels
+
+    def transform(batch, generator):
+        return (likelihood.preprocess(perturb_pixels(batch[0], rate, generator), generator=generator),)
+
+    return transform
+
+
+def _glow_config(run) -> GlowConfig:
+    return GlowConfig(image_shape=data.spec(run.dataset).shape, **run.model)
+
+
+def _glow_training(run) -> Training:
+    images = _train_images(run)
+    return Training(
+        TensorDataset(images.x), len(images), glow_loss,
+        curve_evaluators(run, lambda m, x: likelihood.score_flow(m, x, batch_size=run.eval_batch, seed=0)["bpd"]),
+        init_fn=lambda model, batch: initialize_actnorm(model, batch[0]),
+        batch_transform=perturb_and_dequantize(run.perturb) if run.perturb else dequantize_batch)
+
+
+def score_glow(model: Glow, x_uint8: torch.Tensor, run, seed: int) -> dict[str, np.ndarray]:
+    """``log_px`` split into ``log_pz`` and ``logdet`` (and their bits/dim) by :func:`likelihood.score_flow`."""
+    return likelihood.score_flow(model, x_uint8, batch_size=run.eval_batch, seed=seed)
+
+
+def _glow_label(run) -> str:
+    m = run.model
+    name = "CV-Glow" if m.get("coupling", "affine") == "additive" else "Glow"
+    what = f" (background, μ={run.perturb:g})" if run.perturb else ""
+    return f"{name} L={m['levels']} K={m['steps']} w={m['width']} on {data.spec(run.dataset).title}{what}"
+
+
+GLOW = Family(
+    name="glow", title="Glow", role="likelihood", config=_glow_config, build=lambda run: Glow(_glow_config(run)),
+    training=_glow_training, label=_glow_label, score=score_glow,
+    table_terms=((names.PZ_BPD, "bpd_pz"), (names.LOGDET_BPD, "bpd_logdet")),
+    reference=(names.PAPER_BPD, PAPER_BPD), model_kind="glow", scores_kind="glow_scores")
+
+
+# ----------------------------------------------------------------------------- VAE and PixelCNN
+
+def _knobs_label(title: str) -> Callable:
+    def label(run) -> str:
+        knobs = ", ".join(f"{k}={v}" for k, v in run.model.items())
+        return f"{title} ({knobs}) on {data.spec(run.dataset).title}, seed {run.train.seed}"
+    return label
+
+
+def _vae_config(run):
+    from ood_core.vae import VAEConfig
+
+    return VAEConfig(image_shape=data.spec(run.dataset).shape, **run.model)
+
+
+def score_vae(model, x_uint8: torch.Tensor, run, seed: int) -> dict[str, np.ndarray]:
+    """IWAE_k as ``log_px`` and the ELBO terms (:func:`ood_core.vae.score_images`)."""
+    from ood_core.vae import score_images
+
+    return score_images(model, x_uint8, batch_size=run.eval_batch, seed=seed, iwae_k=run.scoring["iwae_k"])
+
+
+def _vae_training(run) -> Training:
+    from ood_core.vae import negative_elbo_bpd, score_images
+
+    images = _train_images(run)
+    # curves track the one-sample ELBO (cheap, seeded); IWAE_1 is drawn too, as in scoring
+    return Training(TensorDataset(images.x), len(images), negative_elbo_bpd, curve_evaluators(
+        run, lambda m, x: score_images(m, x, batch_size=run.eval_batch, seed=0, iwae_k=1)["bpd_elbo"]))
+
+
+def _build_vae(run):
+    from ood_core.vae import VAE
+
+    return VAE(_vae_config(run))
+
+
+VAE = Family(
+    name="vae", title="VAE", role="likelihood", config=_vae_config, build=_build_vae, training=_vae_training,
+    label=_knobs_label("VAE"), score=score_vae,
+    table_terms=((names.ELBO_BPD, "bpd_elbo"), (names.RECON_BPD, "bpd_recon"), (names.KL_BPD, "bpd_kl")),
+    scoring_defaults={"iwae_k": 16}, model_kind="vae", scores_kind="vae_scores")
+
+
+def _pixelcnn_config(run):
+    from ood_core.pixelcnn import PixelCNNConfig
+
+    return PixelCNNConfig(image_shape=data.spec(run.dataset).shape, **run.model)
+
+
+def score_pixelcnn(model, x_uint8: torch.Tensor, run, seed: int) -> dict[str, np.ndarray]:
+    """The exact autoregressive ``log_px`` (:func:`ood_core.pixelcnn.score_images`); ``seed`` is unused."""
+    from ood_core.pixelcnn import score_images
+
+    return score_images(model, x_uint8, batch_size=run.eval_batch)
+
+
+def _pixelcnn_training(run) -> Training:
+    from ood_core.pixelcnn import nll_bpd, score_images
+
+    images = _train_images(run)
+    return Training(TensorDataset(images.x), len(images), nll_bpd, curve_evaluators(
+        run, lambda m, x: score_images(m, x, batch_size=run.eval_batch)["bpd"]))
+
+
+def _build_pixelcnn(run):
+    from ood_core.pixelcnn import PixelCNN
+
+    return PixelCNN(_pixelcnn_config(run))
+
+
+PIXELCNN = Family(
+    name="pixelcnn", title="PixelCNN", role="likelihood", config=_pixelcnn_config, build=_build_pixelcnn,
+    training=_pixelcnn_training, label=_knobs_label("PixelCNN"), score=score_pixelcnn,
+    model_kind="pixelcnn", scores_kind="pixelcnn_scores")
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Per-image random crop of the zero-padded image and random horizontal flip (uint8 in, uint8 out)."""
+    b, c, h, w = x.shape
+    dev = x.device
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev)[None])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev)[None])
+    if flip:
+        flipped = torch.rand(b, generator=generator, device=generator.device).to(dev) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    cols = cols[:, None, None, :]
+    return xp[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+              rows, cols]
+
+
+def cross_entropy_loss(model, batch) -> torch.Tensor:
+    """Cross-entropy of the logits of ``uint8`` images scaled to ``[0, 1]`` (models normalise inside)."""
+    x, y = batch
+    return F.cross_entropy(model(x.float() / 255.0), y)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
+    """Top-1 accuracy (%) of ``model`` on uint8 images ``x`` with labels ``y``."""
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch):
+        logits = model(x[i:i + batch].to(dev).float() / 255.0)
+        correct += (logits.argmax(1).cpu() == y[i:i + batch]).sum().item()
+    return 100.0 * correct / len(x)
+
+
+def _classifier_training(run) -> Training:
+    images = _train_images(run)
+    test = data.load(run.dataset, "test").subset(run.n_curve, seed=1)
+    flip = data.spec(run.dataset).shape[0] == 3
+    transform = (lambda b, g: (random_crop_flip(b[0], g, flip=flip), b[1])) if run.augment else None
+    return Training(TensorDataset(images.x, images.y), len(images), cross_entropy_loss,
+                    {"test accuracy (%)": lambda m: accuracy(m, test.x, test.y)}, batch_transform=transform)
+
+
+def _classifier_label(run) -> str:
+    arch = run.model.arch
+    if arch == "resnet18_cifar":
+        arch = f"ResNet-18 (width {run.model.width})"
+    elif arch == "densenet_bc100":
+        arch = f"DenseNet-BC-100 (growth {run.model.growth_rate})"
+    return f"{arch} on {data.spec(run.dataset).title}"
+
+
+CLASSIFIER = Family(
+    name="classifier", title="classifier", role="classifier", config=lambda run: run.model,
+    build=lambda run: build_classifier(run.model), training=_classifier_training, label=_classifier_label,
+    model_kind="classifier")
+
+
+#: Every model family, by name.
+FAMILIES: dict[str, Family] = {f.name: f for f in (GLOW, VAE, PIXELCNN, CLASSIFIER)}
+
+
+def family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}") from None
+
+
+__all__ = ["CLASSIFIER", "FAMILIES", "Family", "GLOW", "PIXELCNN", "Training", "VAE", "accuracy", "cross_entropy_loss", "curve_evaluators", "curve_sets", "family", "random_crop_flip"]

@@ -1,0 +1,229 @@
+"""The likelihood experiments of Nalisnick et al. (2019), cached: score, tables, committed results, ensembles.
+
+One evaluation object for every density model (Glow, CV-Glow, VAE, PixelCNN; see
+:mod:`ood_core.families`): a run is trained or loaded by :func:`ood_core.experiment.train_or_load`,
+scored on its evaluation sets (cached per run, set content and seed), and tabulated by
+:func:`likelihood_table` -- mean bits/dim, the family's decomposition columns and the AUROC of
+log p. What is scored (nats of the *discrete* image; bits/dim as in :mod:`ood_core.units`):
+
+* **Glow / CV-Glow** -- ``log p(z) + log|det|`` of one dequantised draw minus ``D n_bits ln 2``,
+  split into the two terms (:func:`ood_core.likelihood.score_flow`);
+* **PixelCNN** -- the exact autoregressive ``log P(x)``;
+* **VAE** -- the importance-weighted bound ``IWAE_k`` as ``log_px``, and the ELBO's
+  reconstruction and KL terms.
+
+Preprocessing convention (it changes bits/dim, so it is stated): models see the dataset in its
+native shape -- FashionMNIST/MNIST as 28x28x1, CIFAR-10 as 32x32x3. OOD sets are brought to the ID
+shape by :func:`ood_core.data.to_shape` (MNIST for a CIFAR model: zero-padded to 32x32 and repeated
+to 3 channels; never rescaled). Nalisnick et al.'s FashionMNIST numbers are on 28x28x1 as well.
+
+Ensembles (:func:`ensemble_table`): ``M`` models that differ only in the training seed, combined by
+``log (1/M) sum_m p_m(x)`` (the ensemble's likelihood) and by WAIC, ``mean_m log p_m(x) - var_m log
+p_m(x)`` (Choi et al. 2018).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ood_core import data, metrics, names, units
+from ood_core import generative_scores as gsc
+from ood_core.artifacts import ArtifactStore, content_digest
+from ood_core.experiment import LikelihoodRun, Trained, evaluation_sets, export, published as _published_folder
+from ood_core.experiment import train_or_load
+
+#: Score terms kept in committed results (per example, float32): enough to redraw every table.
+_EXPORTED_TERMS = ("bpd", "bpd_pz", "bpd_logdet")
+
+
+def score_sets(trained: Trained, sets: Mapping[str, data.ImageSet], store: ArtifactStore | None = None,
+               seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """The family's per-example score terms for each set, cached per (run, set content, seed)."""
+    store = store or ArtifactStore()
+    run = trained.run
+    spec = run.spec
+    out = {}
+    for key, s in sets.items():
+        cfg = {"run": run, "set": s.name, "content": content_digest(s.x), "seed": seed}
+        out[key] = store.cached_arrays(spec.scores_kind, cfg, lambda s=s: spec.score(trained.model, s.x, run, seed))
+    return out
+
+
+def likelihood_table(run: LikelihoodRun, set_names: Mapping[str, str],
+                     scores: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """Mean (std) bits/dim per set, the family's decomposition, the paper's value, and AUROC of log p.
+
+    AUROC (%) treats the ID test set as positive and ``-bpd`` (log-likelihood) as the score:
+    below 50 % means the OOD set gets *higher* likelihood than the ID test set (the inversion).
+    A family with published reference values (Glow: Nalisnick et al.'s table) gets a column of them.
+    """
+    rows = []
+    id_scores = -scores[names.ID_TEST]["bpd"]
+    for key, name in set_names.items():
+        sc = scores[key]
+        row = {names.SET: name, names.N: len(sc["bpd"]), names.MEAN_BPD: sc["bpd"].mean(),
+               names.STD_BPD: sc["bpd"].std()}
+        row.update({column: sc[term].mean() for column, term in run.spec.table_terms if term in sc})
+        if run.spec.reference:
+            column, values = run.spec.reference
+            row[column] = values.get((run.dataset, name), np.nan)
+        if key not in names.ID_KEYS:
+            row[names.AUROC_LOGP] = 100 * metrics.auroc(id_scores, -sc["bpd"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(names.SET)
+
+
+class _Tabulated:
+    """What live and published evaluations share: the set names, per-example scores and tables."""
+
+    run: LikelihoodRun
+    scores: dict[str, dict[str, np.ndarray]]
+
+    @property
+    def names(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return likelihood_table(self.run, self.names, self.scores)
+
+    def column(self, term: str = "bpd") -> dict[str, np.ndarray]:
+        """``{set display name: per-example values of term}`` for histograms."""
+        return {self.names[k]: v[term] for k, v in self.scores.items()}
+
+    def row(self, key: str) -> pd.Series:
+        """The table row of the set ``key`` (``names.ID_TEST``, ``"mnist"``, ...)."""
+        return self.table.loc[self.names[key]]
+
+
+@dataclass
+class LikelihoodEvaluation(_Tabulated):
+    """A trained run scored on its evaluation sets: what every likelihood chapter starts from."""
+
+    trained: Trained
+    sets: dict[str, data.ImageSet]
+    missing: dict[str, str]
+    scores: dict[str, dict[str, np.ndarray]]
+
+    @property
+    def run(self) -> LikelihoodRun:
+        return self.trained.run
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {k: s.name for k, s in self.sets.items()}
+
+
+@dataclass
+class Published(_Tabulated):
+    """Committed paper-profile results of a run (``results/``): scores, curves, meta; no model."""
+
+    run: LikelihoodRun
+    set_names: dict[str, str]
+    scores: dict[str, dict[str, np.ndarray]]
+    history: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return self.set_names
+
+    @property
+    def hardware(self) -> str:
+        return self.meta.get("hardware", {}).get("gpu", "CPU")
+
+
+def evaluate(run: LikelihoodRun, n_eval: int | None, ood, seed: int = 0, store: ArtifactStore | None = None,
+             device=None) -> LikelihoodEvaluation:
+    """Train (or load) ``run`` and score its ID train/test subsets and OOD sets (all cached)."""
+    trained = train_or_load(run, store=store, device=device)
+    sets, missing = evaluation_sets(run.dataset, n_eval, list(ood), seed=seed)
+    return LikelihoodEvaluation(trained, sets, missing, score_sets(trained, sets, store=store, seed=seed))
+
+
+def export_results(ev: LikelihoodEvaluation, root=None) -> str:
+    """Write the small results of a run (per-example bits/dim terms, curves, config, hardware) to ``results/``."""
+    arrays = {f"{key}|{term}": sc[term].astype(np.float32) for key, sc in ev.scores.items()
+              for term in _EXPORTED_TERMS if term in sc}
+    summary = {"history": ev.trained.history.to_dict(orient="list"), "names": ev.names}
+    return export("glow_results", ev.run, arrays=arrays, meta=ev.trained.meta,
+                  files={"summary.json": json.dumps(summary)}, root=root)
+
+
+def published(run: LikelihoodRun) -> Published | None:
+    """Paper-profile results committed under ``results/`` for ``run``, or None when absent."""
+    folder = _published_folder("glow_results", run)
+    if folder is None:
+        return None
+    with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    info = json.loads((folder / "summary.json").read_text())
+    scores = {k: {term: arrays[f"{k}|{term}"].astype(np.float64) for term in _EXPORTED_TERMS if f"{k}|{term}" in arrays}
+              for k in info["names"]}
+    return Published(run, info["names"], scores, pd.DataFrame(info["history"]),
+                     json.loads((folder / "meta.json").read_text()))
+
+
+# ------------------------------------------------------------------------------------- ensembles
+
+def _check_same_images(members: list) -> None:
+    first = members[0]
+    for m in members[1:]:
+        for k, s in first.sets.items():
+            if content_digest(m.sets[k].x, 64) != content_digest(s.x, 64):
+                raise ValueError(f"members scored different images for {k!r}: use the same n_eval and seed")
+
+
+def ensemble_table(members: list, set_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per set: the members' AUROCs (mean, min, max), the ensemble's log-mean-exp likelihood and WAIC.
+
+    ``members`` are evaluations (Glow, VAE or PixelCNN) of the same sets that differ in the
+    training seed. AUROCs (%) treat the ID test set as positive; higher scores = more ID:
+    log p for each member, ``log (1/M) sum_m p_m`` for the ensemble, and WAIC
+    ``mean_m log p_m - var_m log p_m`` (Choi et al. 2018). Bits/dim columns are means over
+    the set. Raises if the members were scored on different images.
+    """
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+    _check_same_images(members)
+    first = members[0]
+    set_names = set_names or first.names
+    d = int(np.prod(first.sets[names.ID_TEST].x.shape[1:]))
+    stack = {k: np.stack([m.scores[k]["log_px"] for m in members]) for k in set_names}  # [M, N]
+    combined = {k: {"ensemble log p": gsc.ensemble_log_likelihood(v), "WAIC": gsc.waic(v)} for k, v in stack.items()}
+    rows = []
+    for key, name in set_names.items():
+        row = {names.SET: name, "members' mean bpd": float(units.bits_per_dim(stack[key].mean(), d)),
+               "ensemble bpd": float(units.bits_per_dim(combined[key]["ensemble log p"].mean(), d))}
+        if key not in names.ID_KEYS:
+            member_auc = [100 * metrics.auroc(stack[names.ID_TEST][i], stack[key][i]) for i in range(len(members))]
+            row.update({"member AUROC mean": float(np.mean(member_auc)), "member AUROC min": float(np.min(member_auc)),
+                        "member AUROC max": float(np.max(member_auc)),
+                        "ensemble AUROC": 100 * metrics.auroc(combined[names.ID_TEST]["ensemble log p"],
+                                                              combined[key]["ensemble log p"]),
+                        "WAIC AUROC": 100 * metrics.auroc(combined[names.ID_TEST]["WAIC"], combined[key]["WAIC"])})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(names.SET)
+
+
+def ensemble_by_size(members: list, keys: list[str], set_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """AUROC (%) of the ensemble of the first ``m`` members, ``m = 1..M``, per OOD set in ``keys``.
+
+    Two combinations per size: ``log-mean-exp`` (the mixture's likelihood) and ``WAIC``
+    (``m = 1``: both are the first member's log p). ID test positive, higher = more ID.
+    """
+    set_names = set_names or members[0].names
+    rows = []
+    for m in range(1, len(members) + 1):
+        stack = {k: np.stack([e.scores[k]["log_px"] for e in members[:m]]) for k in [names.ID_TEST, *keys]}
+        for how, fn in (("log-mean-exp", gsc.ensemble_log_likelihood), ("WAIC", gsc.waic)):
+            id_scores = fn(stack[names.ID_TEST])
+            for k in keys:
+                rows.append({"members": m, "combination": how, names.OOD_SET: set_names[k],
+                             names.AUROC: 100 * metrics.auroc(id_scores, fn(stack[k]))})
+    return pd.DataFrame(rows)

@@ -1,0 +1,58 @@
+"""Names that modules and chapters exchange: keys of evaluation sets and the columns of result tables.
+
+Modules talk through these constants, never through display strings typed in two places. A
+table's column header is what a reader sees, so it is also the constant's value.
+
+Evaluation sets are keyed ``ID_TRAIN``, ``ID_TEST`` and, for OOD sets, by the name given to
+:func:`ood_core.data.ood_sets` (``"mnist"``, ``"cifar10:gray"``, ``"uniform"``, ...); their display
+names (``"MNIST test"``) come from the data layer and are looked up through an evaluation's
+``names`` mapping.
+"""
+
+# ---------------------------------------------------------------------------- evaluation sets
+ID_TRAIN = "ID train"
+ID_TEST = "ID test"
+ID_KEYS = (ID_TRAIN, ID_TEST)
+
+# ---------------------------------------------------------------------- likelihood tables (bits/dim)
+SET = "set"
+N = "n"
+MEAN_BPD = "mean bpd"
+STD_BPD = "std bpd"
+PZ_BPD = "log p(z) term (bpd)"
+LOGDET_BPD = "log-det term (bpd)"
+PAPER_BPD = "paper bpd (Glow)"
+ELBO_BPD = "ELBO bpd"
+RECON_BPD = "reconstruction term (bpd)"
+KL_BPD = "KL term (bpd)"
+#: AUROC (%) of the log-likelihood as a score, ID test positive: < 50 means the OOD set is preferred.
+AUROC_LOGP = "AUROC % (ID test vs set, score = log p)"
+#: Training curves: ``CURVE_PREFIX + set name`` is the mean bits/dim of that set along training.
+CURVE_PREFIX = "bpd: "
+
+# ---------------------------------------------------------------------- OOD metric tables (percent)
+FPR95 = "FPR95"
+AUROC = "AUROC"
+AUPR_IN = "AUPR_In"
+AUPR_OUT = "AUPR_Out"
+METRICS = (FPR95, AUROC, AUPR_IN, AUPR_OUT)
+ID_ACCURACY = "ID accuracy (%)"
+METHOD = "method"
+OOD = "ood"
+MEAN_ROW = "mean"
+PAPER_FPR95 = "paper FPR95 (DenseNet)"
+PAPER_AUROC = "paper AUROC (DenseNet)"
+
+# ---------------------------------------------------------------------- unified benchmark tables
+DETECTOR = "detector"
+FAMILY = "family"
+OOD_SET = "OOD set"
+AUROC_LOW = "AUROC low"
+AUROC_HIGH = "AUROC high"
+GENERATIVE = "generative"
+CLASSIFIER = "classifier"
+
+
+def curve_column(set_name: str) -> str:
+    """The history column of a set's mean bits/dim along training, e.g. ``"bpd: MNIST test"``."""
+    return CURVE_PREFIX + set_name

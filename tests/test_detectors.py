@@ -1,0 +1,172 @@
+"""Detectors: spec parsing, the registry, one pipeline for score and accuracy, same images, the tables."""
+
+import numpy as np
+import pytest
+import torch
+
+from ood_core import classifier_study as cs, data, detectors, likelihood_study as ls, metrics, names, scores
+from ood_core.classifiers import ClassifierConfig, build_classifier
+from ood_core.profiles import ASH_METHODS
+
+OLD_TITLES = ["MSP", "max-logit", "energy", "ODIN", "ReAct", "DICE", "Mahalanobis", "ASH-P@90", "ASH-B@95",
+              "ASH-S@95", "ASH-RAND@90", "ASH-S@95 + ReAct", "ASH-S@95 + DICE"]
+
+
+def test_specs_parse_once_into_canonical_form():
+    assert str(detectors.parse("ash_s@95+react")) == "ash_s@95+react@90"
+    assert str(detectors.parse("react + ash_s@95")) == "ash_s@95+react@90"  # pipeline order is fixed
+    assert str(detectors.parse("react")) == "react@90" and str(detectors.parse("ash_b")) == "ash_b@95"
+    assert detectors.parse("input_complexity:codec=lzma").parts[0].option("codec") == "lzma"
+    assert detectors.parse("odin:epsilon=0").parts[0].option("epsilon") == 0
+    assert [detectors.title(s) for s in ASH_METHODS] == OLD_TITLES
+    assert detectors.title("react@80+dice") == "ReAct@80 + DICE" and detectors.title("ash_p@0") == "ASH-P@0"
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("ash_z@90", "unknown detector 'ash_z'.*registered"), ("ash_s@101", "percentile"), ("msp@90", "no percentile"),
+    ("msp+react", "only pipeline parts"), ("ash_s@90+ash_p@80", "at most one"), ("odin:temperature", "options"),
+    ("input_complexity:codex=png", "options"), ("", "non-empty"), ("__import__('os')", "cannot parse"),
+])
+def test_bad_specs_fail_with_the_valid_choices(bad, match):
+    with pytest.raises(ValueError, match=match):
+        detectors.parse(bad)
+
+
+def test_every_registered_detector_builds_and_is_documented():
+    for name, entry in detectors.REGISTRY.items():
+        det = detectors.build(name)
+        assert isinstance(det, detectors.Detector) and det.family == entry.family and entry.doc, name
+    table = detectors.registry_table()
+    assert set(table["spec"]) == set(detectors.REGISTRY)
+
+
+def _classifier_eval(seed=0):
+    """A tiny ResNet whose 'labels' are its own predictions (so unshaped accuracy is 100 %)."""
+    torch.manual_seed(seed)
+    model = build_classifier(ClassifierConfig("resnet18_cifar", width=4)).eval()
+
+    def labelled(kind, n, s):
+        x = data.synthetic(kind, n, (3, 32, 32), seed=s).x
+        with torch.no_grad():
+            y = model(x.float() / 255).argmax(1)
+        return data.ImageSet(x, y, f"{kind} {s}")
+
+    return cs.evaluate_model(model, labelled("gaussian", 96, 1), labelled("gaussian", 48, 2),
+                             {"const": labelled("constant", 32, 3), "unif": labelled("uniform", 32, 4)})
+
+
+@pytest.fixture(scope="module")
+def clf_ev():
+    return _classifier_eval()
+
+
+def test_suite_matches_direct_scores_and_every_method_is_finite(clf_ev):
+    ev = clf_ev
+    long = ev.benchmark(ASH_METHODS)
+    row = long[(long[names.METHOD] == "energy") & (long[names.OOD] == "constant 3")].iloc[0]
+    direct = metrics.ood_metrics(scores.energy(torch.from_numpy(ev.id_feats["logits"])).numpy(),
+                                 scores.energy(torch.from_numpy(ev.ood_feats["const"]["logits"])).numpy())
+    assert row[names.AUROC] == pytest.approx(direct["AUROC"])
+    assert np.isfinite(long[list(names.METRICS)].to_numpy()).all()
+    assert long[long[names.METHOD] == "energy"][names.ID_ACCURACY].iloc[0] == 100.0
+    assert list(dict.fromkeys(long[names.METHOD])) == OLD_TITLES
+    maha = ev.suite.scores("mahalanobis")["unif"]
+    ref = scores.Mahalanobis().fit(torch.from_numpy(ev.fit_feats["features"]), torch.from_numpy(ev.fit_feats["y"]))
+    assert np.allclose(maha, ref.score(torch.from_numpy(ev.ood_feats["unif"]["features"])).numpy())
+
+
+@pytest.mark.parametrize("spec", ["energy", "react", "dice", "ash_p@90", "ash_b@95", "ash_s@95", "ash_rand@90",
+                                  "ash_s@95+react", "ash_s@95+dice", "ash_b@90+react@50+dice@70"])
+def test_score_and_accuracy_come_from_one_pipeline(spec, clf_ev):
+    """The energy score *is* the logsumexp of the logits whose argmax gives the ID accuracy."""
+    ev = clf_ev
+    det = ev.suite.detector(spec)
+    with torch.no_grad():
+        logits = det.logits(ev.id_feats, ev.model_cpu)
+    assert np.allclose(ev.suite.scores(spec)[names.ID_TEST], torch.logsumexp(logits, 1).double().numpy(), atol=1e-5)
+    assert ev.suite.accuracy(spec) == pytest.approx(100 * (logits.argmax(1).numpy() == ev.id_feats["y"]).mean())
+
+
+def test_ash_with_react_clips_before_shaping_in_score_and_accuracy(clf_ev):
+    """The ID accuracy of ASH + ReAct is measured on the scored pipeline: head(ASH(min(f, c)))."""
+    ev = clf_ev
+    f = torch.from_numpy(ev.id_feats["features"])
+    c = scores.ReAct(90).fit(torch.from_numpy(ev.fit_feats["features"])).threshold_
+    from ood_core import ash
+    with torch.no_grad():
+        clip_then_shape = ev.model_cpu.head(ash.ash_s(f.clamp(max=c), 95))
+    assert np.allclose(ev.suite.scores("ash_s@95+react")[names.ID_TEST],
+                       torch.logsumexp(clip_then_shape, 1).double().numpy(), atol=1e-5)
+    expected = 100 * (clip_then_shape.argmax(1).numpy() == ev.id_feats["y"]).mean()
+    assert ev.suite.accuracy("ash_s@95+react") == pytest.approx(expected)
+
+
+def test_ash_rand_is_reproducible_in_score_and_accuracy(clf_ev):
+    ev = clf_ev
+    a = ev.suite.scores("ash_rand@90")[names.ID_TEST]
+    b = detectors.Suite(ev.context).scores("ash_rand@90")[names.ID_TEST]
+    assert np.array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------ generative side
+
+def _glow_eval(seed=0):
+    rng = np.random.default_rng(seed)
+    sets = {names.ID_TRAIN: data.synthetic("gaussian", 40, (1, 8, 8), seed=1),
+            names.ID_TEST: data.synthetic("gaussian", 30, (1, 8, 8), seed=2),
+            "uniform": data.synthetic("uniform", 20, (1, 8, 8), seed=3),
+            "constant": data.synthetic("constant", 20, (1, 8, 8), seed=4)}
+    scores_ = {k: {"log_px": rng.normal(-100.0, 5.0, len(s))} for k, s in sets.items()}
+    return ls.LikelihoodEvaluation(trained=None, sets=sets, missing={}, scores=scores_)
+
+
+def test_context_enforces_the_same_images_and_shares_keys():
+    g = _glow_eval()
+    ctx = detectors.Context(dict(g.sets), likelihoods={"glow": g, "vae": _glow_eval(1)})
+    assert ctx.keys == [names.ID_TEST, "uniform", "constant"]
+    tampered = dict(g.sets)
+    x = tampered["uniform"].x.clone()
+    x[0, 0, 0, 0] ^= 1
+    other = ls.LikelihoodEvaluation(None, {**g.sets, "uniform": data.ImageSet(x, g.sets["uniform"].y, "u")}, {},
+                                    g.scores)
+    with pytest.raises(ValueError, match="same images"):
+        detectors.Context(dict(g.sets), likelihoods={"glow": g, "vae": other})
+    partial = ls.LikelihoodEvaluation(None, {k: v for k, v in g.sets.items() if k != "constant"}, {}, g.scores)
+    assert detectors.Context(dict(g.sets), likelihoods={"glow": g, "vae": partial}).keys == [names.ID_TEST, "uniform"]
+    with pytest.raises(KeyError, match="needs the 'background'"):
+        detectors.Suite(ctx).scores("likelihood_ratio")
+
+
+def test_generative_detectors_algebra_and_table():
+    g = _glow_eval()
+    ctx = detectors.Context(dict(g.sets), likelihoods={"glow": g, "cv_glow": g, "background": g})
+    suite = detectors.Suite(ctx)
+    for k in ctx.keys:
+        assert np.allclose(suite.scores("likelihood_ratio")[k], 0.0)  # identical background: LLR = 0
+        assert np.array_equal(suite.scores("glow")[k], g.scores[k]["log_px"])
+    h = -g.scores[names.ID_TRAIN]["log_px"].mean()
+    assert np.allclose(suite.scores("typicality")["uniform"], -np.abs(-g.scores["uniform"]["log_px"] - h))
+    assert np.isnan(suite.accuracy("glow"))
+    t = detectors.run_table(ctx, ["glow", "likelihood_ratio", "input_complexity:codec=lzma"], n_boot=50)
+    row = t[(t[names.DETECTOR] == "Glow log p") & (t[names.OOD_SET] == "constant")].iloc[0]
+    direct = metrics.ood_metrics(g.scores[names.ID_TEST]["log_px"], g.scores["constant"]["log_px"])
+    assert row[names.AUROC] == pytest.approx(direct["AUROC"]) and row[names.FPR95] == pytest.approx(direct["FPR95"])
+    assert row[names.AUROC_LOW] <= row[names.AUROC] <= row[names.AUROC_HIGH]
+    assert set(t[names.FAMILY]) == {names.GENERATIVE}
+    typ = detectors.typicality_table(g, [1, 5])
+    assert set(typ["batch_size"]) == {1, 5} and typ[names.AUROC].between(0, 100).all()
+
+
+def test_seed_table_and_summary_agree_with_numpy():
+    by_seed = {}
+    for s in range(3):
+        m = _glow_eval(10 + s)
+        by_seed[s] = {"det": {k: m.scores[k]["log_px"] for k in (names.ID_TEST, "uniform")}}
+    set_names = {k: s.name for k, s in _glow_eval().sets.items()}
+    long = detectors.seed_table(by_seed, {"det": names.GENERATIVE}, set_names, "Gauss")
+    assert list(long.seed) == [0, 1, 2]
+    aucs = [metrics.ood_metrics(by_seed[s]["det"][names.ID_TEST], by_seed[s]["det"]["uniform"])["AUROC"]
+            for s in range(3)]
+    summ = detectors.seed_summary(long).iloc[0]
+    assert summ["mean"] == pytest.approx(np.mean(aucs)) and summ["std"] == pytest.approx(np.std(aucs, ddof=1))
+    assert summ["seeds"] == 3 and summ["min"] == pytest.approx(min(aucs))
