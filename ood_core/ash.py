@@ -1,4 +1,4 @@
-"""Activation shaping: ASH (Djurisic et al. 2023, arXiv 2209.09858) and ReAct (Sun et al. 2021).
+"""Activation shaping: ASH (Djurisic et al. 2023, arXiv 2209.09858), SCALE (Xu et al. 2024) and ReAct.
 
 Every function here is pure: it returns a new tensor and never writes into the caller's one (the
 official ASH code prunes in place and accepts only 4-D tensors). Inputs are either ``[B, C]``
@@ -18,7 +18,24 @@ the official code. With ``x_hat`` the pruned tensor (kept entries unchanged, the
 * ASH-P: ``x_hat``;
 * ASH-B: ``s1 / k`` at every kept position (the per-sample sum is preserved);
 * ASH-S: ``x_hat * exp(s1 / s2)`` (the exponential of the ratio, not the ratio);
-* ASH-RAND: ``U(low, high)`` draws at kept positions (the paper uses ``U(0, 10)``).
+* ASH-RAND: ``U(low, high)`` draws at kept positions (the paper uses ``U(0, 10)``);
+* SCALE (Xu et al., ICLR 2024, arXiv 2310.00227, eq. 3): ``x * exp(s1 / s2)``, ASH-S's factor on
+  the *unpruned* tensor (the top-k only defines ``s2``).
+
+**The exponent ``r = s1 / s2``.** For non-negative activations ``1 <= r <= n / k``; at p = 99 on
+a 512-d feature (k = 5) ``r`` can reach ``n / k ~ 102`` (spread, average-pooled-like features come
+close) and ``exp(102) ~ 2e44`` no longer fits in float32 (largest finite value ~3.4e38, i.e.
+``r < 88.7``). The exponent is always computed in float64. The
+shapers that return a tensor (:func:`ash_s`, :func:`scale`, :func:`ash_s_global`) must
+materialise ``x_hat * exp(r)`` in the input's dtype, so they cap ``r`` at
+:func:`max_log_scale` of that dtype (60 for float32, ~681 for float64) and log a warning when the
+cap binds; :func:`capped` and :func:`capped_fraction` report where and how often. The energy
+score does not need the scaled tensor: for a linear head ``W x + b``,
+``logits = exp(r) * (W x_hat) + b``, which :func:`ood_core.scores.exp_scaled_energy` evaluates in
+float64 from the factored form returned by :func:`ash_s_parts` / :func:`scale_parts` /
+:func:`ash_s_global_parts`. :func:`ood_core.scores.ash_energy` uses it, so ASH-S and SCALE
+energies follow the paper's formula over the whole percentile sweep (up to ``r ~ 681``, where
+even float64 logits would overflow).
 
 The global variants (the paper's "local vs global threshold" ablation) prune every entry below a
 single threshold fitted on ID training activations instead of a per-sample top-k.
@@ -27,6 +44,8 @@ single threshold fitted on ID training activations instead of a per-sample top-k
 from __future__ import annotations
 
 import functools
+import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +54,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "EXP_SCALED_PARTS",
+    "LOG_HEADROOM",
     "SHAPERS",
     "ash_b",
     "ash_b_global",
@@ -42,13 +63,24 @@ __all__ = [
     "ash_p_global",
     "ash_rand",
     "ash_s",
+    "ash_s_exponent",
     "ash_s_global",
+    "ash_s_global_exponent",
+    "ash_s_global_parts",
+    "ash_s_parts",
+    "capped",
+    "capped_fraction",
     "global_threshold",
     "make_shaper",
+    "max_log_scale",
     "num_kept",
     "react",
     "react_threshold",
+    "scale",
+    "scale_parts",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def _check_percentile(percentile: float) -> float:
@@ -107,39 +139,116 @@ def _local_mask(x: Tensor, percentile: float) -> tuple[Tensor, Tensor, int]:
     return flat, _top_k_mask(flat, k), k
 
 
-#: Cap on the exponent ``s1 / s2`` of ASH-S. With a *global* threshold (or extreme inputs) only a
-#: sliver of a sample's activation mass can survive, ``s1 / s2`` reaches the hundreds and
-#: ``exp`` overflows to ``inf`` in float32 (seen on MNIST under a CIFAR-10 ResNet-18), which turns
-#: the energy into NaN. ``exp(60) ~ 1e26`` keeps logits finite in float32; at the paper's local
-#: percentiles ``s1 / s2 <= n / k`` (20 at p = 95) and the cap never binds.
-MAX_LOG_SCALE = 60.0
+#: ``ln`` of the factor left between ``exp(cap)`` and a dtype's largest finite value, so that
+#: ``W (x_hat * exp(r)) + b`` stays finite for ``|W x_hat|`` up to ``e^28.7 ~ 3e12``. Chosen so the
+#: float32 cap is 60 (``exp(60) ~ 1e26``), the value this module has always used for float32.
+LOG_HEADROOM = math.log(torch.finfo(torch.float32).max) - 60.0
 
 
-def _exp_ratio_scale(flat: Tensor, pruned: Tensor) -> Tensor:
-    """Per-sample ``exp(min(s1 / s2, MAX_LOG_SCALE))`` shaped ``[B, 1]``; factor 1 where ``s2 == 0``.
+def max_log_scale(dtype: torch.dtype = torch.float32) -> float:
+    """The largest exponent ``r`` the tensor-returning shapers apply when materialising in ``dtype``.
+
+    ``ln(finfo(dtype).max) - LOG_HEADROOM``: 60.0 for float32 and bfloat16, ~681.1 for float64.
+    float16 (``ln max ~ 11.1``) gets half its range, ~5.5. Above the cap :func:`ash_s`,
+    :func:`scale` and :func:`ash_s_global` use ``exp(cap)`` instead of ``exp(r)``, which changes
+    the method; the float64 energy of :func:`ood_core.scores.exp_scaled_energy` is exact up to
+    ``max_log_scale(torch.float64)``.
+    """
+    if not dtype.is_floating_point:
+        raise TypeError(f"expected a floating-point dtype, got {dtype}")
+    log_max = math.log(torch.finfo(dtype).max)
+    return max(log_max - LOG_HEADROOM, log_max / 2.0)
+
+
+def capped(log_scale: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Boolean ``[B]``: where the exponent ``r`` exceeds :func:`max_log_scale` of ``dtype``.
+
+    ``log_scale`` is an exponent from :func:`ash_s_exponent` (also SCALE's),
+    :func:`ash_s_global_exponent` or the second element of an ``*_parts`` function. NaN (nothing
+    kept) counts as not capped.
+    """
+    if not isinstance(log_scale, Tensor):
+        raise TypeError(f"expected a torch.Tensor of exponents, got {type(log_scale).__name__}")
+    return log_scale.detach().double() > max_log_scale(dtype)
+
+
+def capped_fraction(log_scale: Tensor, dtype: torch.dtype = torch.float32) -> float:
+    """Fraction of samples whose exponent exceeds the cap for ``dtype`` (0.0 for an empty batch).
+
+    For example ``capped_fraction(ash_s_exponent(features, 99), torch.float32)`` says how many
+    samples ``energy(head(ash_s(features, 99)))`` in float32 would score with a changed method.
+    """
+    mask = capped(log_scale, dtype)
+    return float(mask.double().mean()) if mask.numel() else 0.0
+
+
+def _log_scale(flat: Tensor, kept: Tensor) -> Tensor:
+    """``s1 / s2`` per sample in float64 (0 where ``s2 == 0``, i.e. a factor of 1), shaped ``[B]``.
+
+    ``flat`` is ``[B, n]`` and ``kept`` the same with pruned entries zero; both sums run in
+    float64 (a float32 ``s2`` would put a relative error of ~1e-7 * r on ``exp(r)``).
 
     ``s2 == 0`` happens when nothing is kept (p = 100) or every kept entry is zero. The formula
-    would give ``0 * exp(+-inf)`` = NaN there; we return the pruned tensor unscaled instead, which
-    for non-negative (post-ReLU) activations is the all-zero vector. See :data:`MAX_LOG_SCALE`.
+    would give ``0 * exp(+-inf)`` = NaN there; the factor 1 returns the pruned tensor instead,
+    which for non-negative (post-ReLU) activations is the all-zero vector.
     """
-    s1 = flat.sum(dim=1, keepdim=True)
-    s2 = pruned.sum(dim=1, keepdim=True)
+    s1 = flat.double().sum(dim=1)
+    s2 = kept.double().sum(dim=1)
     empty = s2 == 0
-    ratio = torch.where(empty, torch.zeros_like(s1), s1 / torch.where(empty, torch.ones_like(s2), s2))
-    return torch.exp(ratio.clamp(max=MAX_LOG_SCALE))
+    return torch.where(empty, torch.zeros_like(s1), s1 / torch.where(empty, torch.ones_like(s2), s2))
+
+
+def _materialise(base: Tensor, log_scale: Tensor, what: str) -> Tensor:
+    """``base * exp(min(r, max_log_scale(base.dtype)))`` per sample, in ``base``'s dtype."""
+    cap = max_log_scale(base.dtype)
+    over = log_scale > cap
+    if bool(over.any()):
+        logger.warning(
+            "%s: the exponent s1/s2 exceeds %.1f (the %s cap) for %d of %d samples (max %.1f); "
+            "those samples use exp(%.1f) instead of exp(s1/s2). Score with "
+            "ood_core.scores.ash_energy (float64 energy) or pass float64 activations.",
+            what, cap, base.dtype, int(over.sum()), over.numel(), float(log_scale.max()), cap,
+        )
+    factor = torch.exp(log_scale.clamp(max=cap)).to(device=base.device, dtype=base.dtype)
+    return base * factor.reshape((-1,) + (1,) * (base.dim() - 1))
 
 
 def ash_s_exponent(x: Tensor, percentile: float) -> Tensor:
-    """The per-sample exponent ``s1 / s2`` of ASH-S (before the cap), shaped ``[B]``.
+    """The per-sample exponent ``s1 / s2`` of ASH-S and SCALE (before any cap), shaped ``[B]``.
 
     ``s1``: sum of the activations; ``s2``: sum of the kept top-k. Large when a sample's mass is
     spread over many units (pruning removes much of it), close to 1 when it is concentrated. NaN
     where ``s2 == 0``. Used to explain when ASH-S helps: it raises the energy of spread samples.
+    Computed in float64 and returned in ``x``'s dtype.
     """
     flat, mask, _ = _local_mask(x, percentile)
-    s1 = flat.sum(dim=1)
-    s2 = torch.where(mask, flat, torch.zeros_like(flat)).sum(dim=1)
-    return s1 / torch.where(s2 == 0, torch.full_like(s2, float("nan")), s2)
+    s1 = flat.double().sum(dim=1)
+    s2 = torch.where(mask, flat, torch.zeros_like(flat)).double().sum(dim=1)
+    ratio = s1 / torch.where(s2 == 0, torch.full_like(s2, float("nan")), s2)
+    return ratio.to(x.dtype)
+
+
+def ash_s_parts(x: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
+    """ASH-S in factored form: ``(x_hat, r)`` with ``ASH-S(x) = x_hat * exp(r)`` exactly.
+
+    ``x_hat`` is the ASH-P tensor (shape and dtype of ``x``), ``r = s1 / s2`` the float64
+    exponent ``[B]`` (0 where ``s2 == 0``). Nothing is capped: the caller decides how to evaluate
+    ``exp(r)`` (see :func:`ood_core.scores.exp_scaled_energy`).
+    """
+    flat, mask, _ = _local_mask(x, percentile)
+    pruned = torch.where(mask, flat, torch.zeros_like(flat))
+    return pruned.reshape(x.shape), _log_scale(flat, pruned)
+
+
+def scale_parts(x: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
+    """SCALE in factored form: ``(x, r)`` with ``SCALE(x) = x * exp(r)``; ``r`` as in ASH-S.
+
+    The first element is a copy of ``x`` (never the caller's tensor), ``r`` the float64 ``[B]``
+    exponent ``s1 / s2`` (0 where ``s2 == 0``).
+    """
+    flat, mask, _ = _local_mask(x, percentile)
+    kept = torch.where(mask, flat, torch.zeros_like(flat))
+    return x.clone(), _log_scale(flat, kept)
 
 
 def ash_p(x: Tensor, percentile: float) -> Tensor:
@@ -165,16 +274,29 @@ def ash_b(x: Tensor, percentile: float) -> Tensor:
 
 
 def ash_s(x: Tensor, percentile: float) -> Tensor:
-    """ASH-S: the ASH-P tensor scaled per sample by ``exp(s1 / s2)``.
+    """ASH-S: the ASH-P tensor scaled per sample by ``exp(s1 / s2)`` (ASH sec. 3).
 
     ``s1`` is the sum of ``x`` and ``s2`` the sum after pruning. Where ``s2 == 0`` (for instance
     ``p = 100``) the scale factor is taken to be 1, so the result is the pruned tensor (zeros for
-    non-negative activations) rather than NaN. Large ``s1 / s2`` can overflow to ``inf``; for
-    post-ReLU features ``s1 / s2 <= n / k`` keeps it moderate at the percentiles the paper uses.
+    non-negative activations) rather than NaN. The result is in ``x``'s dtype, so the exponent is
+    capped at :func:`max_log_scale` of that dtype (60 for float32, which on 512-d features can
+    bind only from p = 99, where ``n / k = 102``; 51 at p = 98) with a logged warning; :func:`ood_core.scores.ash_energy` scores without the
+    cap.
     """
-    flat, mask, _ = _local_mask(x, percentile)
-    pruned = torch.where(mask, flat, torch.zeros_like(flat))
-    return (pruned * _exp_ratio_scale(flat, pruned)).reshape(x.shape)
+    return _materialise(*ash_s_parts(x, percentile), what="ASH-S")
+
+
+def scale(x: Tensor, percentile: float) -> Tensor:
+    """SCALE (Xu et al., ICLR 2024, "Scaling for Training Time and Post-hoc OOD Detection Enhancement").
+
+    ``x * exp(s1 / s2)``: ASH-S's per-sample factor (``s1`` the sum of ``x``, ``s2`` the sum of
+    its ``k = n - round(n p / 100)`` largest entries) applied to the **unpruned** tensor (their
+    eq. 3; the official code and pytorch-ood's ``SCALE`` do the same). ``s2`` does not depend on
+    how ties are broken. As for :func:`ash_s`: factor 1 where ``s2 == 0``, exponent capped at
+    :func:`max_log_scale` of ``x``'s dtype; :func:`ood_core.scores.ash_energy` with
+    ``method="scale"`` scores without the cap.
+    """
+    return _materialise(*scale_parts(x, percentile), what="SCALE")
 
 
 def ash_rand(
@@ -251,11 +373,35 @@ def ash_b_global(x: Tensor, threshold: float) -> Tensor:
     return torch.where(mask, fill.expand_as(flat), torch.zeros_like(flat)).reshape(x.shape)
 
 
-def ash_s_global(x: Tensor, threshold: float) -> Tensor:
-    """ASH-S with a fixed threshold: pruned tensor times ``exp(s1 / s2)`` (factor 1 if ``s2 == 0``)."""
+def ash_s_global_parts(x: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Global-threshold ASH-S in factored form ``(x_hat, r)``: ``x_hat * exp(r)``, uncapped.
+
+    ``x_hat`` keeps entries ``>= threshold``; ``r = s1 / s2`` in float64 (0 where ``s2 == 0``).
+    """
     flat, mask = _global_mask(x, threshold)
     pruned = torch.where(mask, flat, torch.zeros_like(flat))
-    return (pruned * _exp_ratio_scale(flat, pruned)).reshape(x.shape)
+    return pruned.reshape(x.shape), _log_scale(flat, pruned)
+
+
+def ash_s_global_exponent(x: Tensor, threshold: float) -> Tensor:
+    """The exponent ``s1 / s2`` of :func:`ash_s_global` (float64 ``[B]``, NaN where ``s2 == 0``).
+
+    With a global threshold a sample can keep a sliver of its mass, so ``r`` reaches the hundreds
+    (seen on MNIST under a CIFAR-10 ResNet-18); pass it to :func:`capped_fraction`.
+    """
+    flat, mask = _global_mask(x, threshold)
+    s2 = torch.where(mask, flat, torch.zeros_like(flat)).double().sum(dim=1)
+    return flat.double().sum(dim=1) / torch.where(s2 == 0, torch.full_like(s2, float("nan")), s2)
+
+
+def ash_s_global(x: Tensor, threshold: float) -> Tensor:
+    """ASH-S with a fixed threshold: pruned tensor times ``exp(s1 / s2)`` (factor 1 if ``s2 == 0``).
+
+    In ``x``'s dtype, with the exponent capped at :func:`max_log_scale` of that dtype (a global
+    threshold can leave ``s1 / s2`` in the hundreds, where float32 overflows and the energy would
+    be NaN); :func:`ood_core.scores.ash_global_energy` scores without the cap.
+    """
+    return _materialise(*ash_s_global_parts(x, threshold), what="global ASH-S")
 
 
 # --------------------------------------------------------------------------------------- ReAct
@@ -283,6 +429,14 @@ SHAPERS: dict[str, Callable[..., Tensor]] = {
     "ash_b": ash_b,
     "ash_s": ash_s,
     "ash_rand": ash_rand,
+    "scale": scale,
+}
+
+#: The shapers of the form ``base * exp(r)``, by the name used in :data:`SHAPERS`, as functions
+#: ``(x, percentile) -> (base, r)``; :func:`ood_core.scores.ash_energy` scores them in float64.
+EXP_SCALED_PARTS: dict[str, Callable[[Tensor, float], tuple[Tensor, Tensor]]] = {
+    "ash_s": ash_s_parts,
+    "scale": scale_parts,
 }
 
 

@@ -5,7 +5,9 @@ Logit scores (pure functions of a ``[B, K]`` logit tensor):
 * :func:`msp` -- maximum softmax probability (Hendrycks & Gimpel 2017);
 * :func:`max_logit` -- maximum logit (Hendrycks et al. 2022);
 * :func:`energy` -- negative free energy ``T logsumexp(f / T)`` (Liu et al. 2020, eq. 5 with
-  the sign flipped so that higher is more ID). ASH scores with it at ``T = 1``.
+  the sign flipped so that higher is more ID). ASH scores with it at ``T = 1``;
+* :func:`gen` -- negative generalized entropy over the top-M softmax probabilities (GEN, Liu et
+  al. 2023).
 
 Scores that run a classifier use the contract of :mod:`ood_core.classifiers`:
 ``classifier.features(x) -> [B, D]`` (penultimate, post-pooling), ``classifier.head(f) -> logits``
@@ -13,9 +15,20 @@ and the final linear layer at ``classifier.fc``. Activation shaping is composed 
 ``energy(head(shaper(features)))`` (ASH, Djurisic et al. 2023), with ReAct clipping before the
 shaper (:class:`ReAct`) or DICE's sparsified head after it (:class:`DICE`).
 
-Fitted detectors (:class:`ReAct`, :class:`DICE`, :class:`Mahalanobis`) follow scikit-learn's
-estimator rules: ``__init__`` stores hyperparameters only, ``fit`` returns ``self``, learned state
-ends in ``_`` and scoring before fitting raises :class:`sklearn.exceptions.NotFittedError`.
+ASH-S and SCALE multiply features by ``exp(s1 / s2)``, which overflows float32 at high
+percentiles; :func:`ash_energy` evaluates their energy in float64 from the factored form
+(:func:`exp_scaled_energy`), exactly up to an exponent of ~681 (see :mod:`ood_core.ash`).
+
+Fitted detectors (:class:`ReAct`, :class:`DICE`, :class:`Mahalanobis` and the later
+:class:`KNN`, :class:`ViM`, :class:`FDBD`, :class:`NNGuide`) follow scikit-learn's estimator
+rules: ``__init__`` stores hyperparameters only, ``fit`` returns ``self``, learned state ends in
+``_`` and scoring before fitting raises :class:`sklearn.exceptions.NotFittedError`. The later
+detectors work on the CPU, never modify their inputs and return ``[B]`` CPU tensors in the
+features' floating dtype (float32 for integer input).
+
+pytorch-ood 0.4.0 serves as the test oracle for GEN, KNN, ViM, fDBD, NNGuide, SCALE and MaxLogit
+(``tests/test_successors.py``); it returns outlier scores (higher = more OOD), the negatives of
+ours, and its GEN departs from the paper (see :func:`gen`).
 """
 
 from __future__ import annotations
@@ -33,20 +46,29 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
+from ood_core import ash as _ash
 from ood_core.ash import _check_percentile, make_shaper, react, react_threshold
 
 __all__ = [
     "DICE",
+    "FDBD",
+    "KNN",
     "Mahalanobis",
+    "NNGuide",
     "ReAct",
+    "ViM",
     "ash_energy",
+    "ash_global_energy",
     "ash_react",
     "compute_logits_and_features",
     "energy",
+    "exp_scaled_energy",
+    "gen",
     "logits_from_features",
     "max_logit",
     "msp",
     "odin",
+    "vim_default_dim",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,6 +150,58 @@ def _require_fitted(estimator: Any, attribute: str, fit_signature: str) -> None:
         )
 
 
+def _feature_matrix(
+    values: Any, name: str, width: int | None = None, *, fitting: bool = False
+) -> Tensor:
+    """``values`` as a detached 2-D floating CPU tensor ``[N, D]`` (integers become float32).
+
+    ``fitting`` also requires at least one row and finite values. Never writes into ``values``.
+    """
+    t = _as_tensor(values)
+    if t.dim() != 2:
+        raise ValueError(f"expected {name} shaped [N, D]; got {tuple(t.shape)}")
+    if width is not None and t.shape[1] != width:
+        raise ValueError(
+            f"expected {name} with {width} columns (the width seen in fit); got {tuple(t.shape)}"
+        )
+    t = t.detach().cpu()
+    if not t.is_floating_point():
+        t = t.float()
+    if fitting:
+        if t.shape[0] == 0:
+            raise ValueError(f"cannot fit on zero rows of {name}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contain NaN or inf; fix them before fitting")
+    return t
+
+
+def _out_dtype(t: Tensor) -> torch.dtype:
+    """Scores come back in the features' floating dtype (float32 below float32's precision)."""
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _head_logits(classifier: nn.Module, features: Tensor) -> Tensor:
+    """``classifier.head(features)`` (or ``fc`` for a bare ``nn.Linear``) without gradients, on CPU."""
+    head = classifier.head if hasattr(classifier, "head") else _final_linear(classifier)
+    out = []
+    with torch.no_grad():
+        for start in range(0, max(features.shape[0], 1), 4096):
+            batch = _features_on(classifier, features[start : start + 4096])
+            out.append(head(batch).detach().cpu())
+    return torch.cat(out)
+
+
+def _l2_normalise(f: Tensor) -> Tensor:
+    """Rows divided by their L2 norm; an all-zero row stays zero (``F.normalize``, eps 1e-12)."""
+    return F.normalize(f, p=2.0, dim=1, eps=1e-12)
+
+
 # ------------------------------------------------------------------------------- logit scores
 
 
@@ -150,6 +224,49 @@ def energy(logits: Tensor, temperature: float = 1.0) -> Tensor:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     return temperature * torch.logsumexp(_check_logits(logits) / temperature, dim=1)
+
+
+def gen(logits: Tensor, gamma: float = 0.1, top_m: int | None = None) -> Tensor:
+    """GEN (Liu, Lochman & Zach, CVPR 2023, "GEN: Pushing the Limits of Softmax-Based OOD Detection").
+
+    The generalized entropy of the softmax ``p = softmax(f)`` over its ``M`` largest entries,
+
+        ``G_gamma(p) = sum_{i in top-M} p_i^gamma (1 - p_i)^gamma``   (their eq. 6-7),
+
+    returned as ``-G_gamma(p)`` so that higher = more ID (the official code returns ``-scores``
+    too). ``top_m=None`` sums over all ``K`` classes; ``top_m > K`` is the same (OpenOOD sweeps
+    ``M`` up to 1000 on 10-class sets). The paper uses ``gamma = 0.1`` and ``M = 100`` on
+    ImageNet. The maximum, 0, is reached by a one-hot softmax.
+
+    Computed in float64 from log-probabilities, ``p^g (1-p)^g = exp(g (log p + log(1 - p)))``,
+    with ``log(1 - p_top) = logsumexp`` of the other logits minus the logsumexp of all: a
+    confident sample (``p_top`` within 1e-8 of 1) keeps its ``(1 - p_top)^gamma`` instead of
+    rounding it to 0. Returned in the logits' dtype and device.
+
+    Departure of pytorch-ood 0.4.0's ``GEN``: it averages instead of summing (a constant factor
+    ``1/M``, same ranking) and clamps ``p`` to ``[1e-7, 1 - 1e-7]``, which neither the paper nor
+    the official code does: every logit gap above ~16 then gives the same score.
+    """
+    _check_logits(logits)
+    if logits.shape[1] < 2:
+        raise ValueError(f"GEN needs at least two classes; got logits shaped {tuple(logits.shape)}")
+    if isinstance(gamma, bool) or not float(gamma) > 0:
+        raise ValueError(f"gamma must be > 0; got {gamma!r}")
+    num_classes = logits.shape[1]
+    m = num_classes if top_m is None else min(_check_positive_int(top_m, "top_m"), num_classes)
+    z = logits.double()
+    log_total = torch.logsumexp(z, dim=1, keepdim=True)
+    log_p = z - log_total
+    # log(1 - p) = log1p(-p) is accurate for p <= 1/2, i.e. for every class but possibly the top
+    log_q = torch.log1p(-torch.exp(log_p))
+    top = z.argmax(dim=1, keepdim=True)
+    others = z.scatter(1, top, float("-inf"))
+    log_q = log_q.scatter(1, top, torch.logsumexp(others, dim=1, keepdim=True) - log_total)
+    if m < num_classes:
+        keep = torch.topk(log_p, m, dim=1).indices
+        log_p, log_q = log_p.gather(1, keep), log_q.gather(1, keep)
+    g = torch.exp(float(gamma) * (log_p + log_q)).sum(dim=1)
+    return (-g).to(logits.dtype)
 
 
 # ------------------------------------------------------------------------------------- ODIN
@@ -220,6 +337,67 @@ def logits_from_features(
     return classifier.head(f)
 
 
+def _float64_device(device: torch.device) -> torch.device:
+    return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
+
+
+def _check_head_is_fc(classifier: nn.Module, fc: nn.Linear, probe: Tensor) -> None:
+    """Raise unless ``classifier.head`` equals its ``fc`` on ``probe`` (an affine head)."""
+    if classifier is fc or not hasattr(classifier, "head") or probe.shape[0] == 0:
+        return
+    with torch.no_grad():
+        got, want = classifier.head(probe), fc(probe)
+    scale = float(want.abs().max()) if want.numel() else 1.0
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
+        raise ValueError(
+            "the float64 ASH-S/SCALE energy uses logits = exp(r) * (W x_hat) + b, which needs "
+            "classifier.head(f) == classifier.fc(f); this head differs (is the model in eval "
+            "mode? dropout changes the head in training mode). For another head use "
+            "energy(classifier.head(ood_core.ash.ash_s(f, p))), whose exponent is capped at "
+            "ood_core.ash.max_log_scale(f.dtype)."
+        )
+
+
+def exp_scaled_energy(classifier: nn.Module, base: Any, log_scale: Any) -> Tensor:
+    """``energy(head(base * exp(r)))`` in float64, for a linear head: the uncapped ASH-S/SCALE score.
+
+    With ``head(f) = W f + b`` (the classifier's ``fc``), ``head(base * e^r) = e^r (W base) + b``;
+    this evaluates those logits and their logsumexp in float64, so the result is the paper's
+    formula for exponents ``r`` up to :func:`ood_core.ash.max_log_scale` of float64 (~681; float32
+    would overflow past ~88). Above that even the float64 logits overflow: ``r`` is capped there,
+    with a logged warning (:func:`ood_core.ash.capped` says where). ``base`` ``[B, D]`` and ``r``
+    ``[B]`` come from :func:`ood_core.ash.ash_s_parts`, :func:`~ood_core.ash.scale_parts` or
+    :func:`~ood_core.ash.ash_s_global_parts`. ``classifier`` is a model with ``fc`` and ``head``
+    (checked to agree on ``base``: eval mode) or an ``nn.Linear``. Returns float64 ``[B]`` on the
+    classifier's device (CPU for MPS), since the energies can exceed float32's range.
+    """
+    fc = _final_linear(classifier)
+    x_hat = _features_on(fc, base)
+    r = _as_tensor(log_scale).detach()
+    if r.shape != (x_hat.shape[0],):
+        raise ValueError(f"expected log_scale shaped [{x_hat.shape[0]}]; got {tuple(r.shape)}")
+    _check_head_is_fc(classifier, fc, x_hat.to(fc.weight.dtype))
+    device = _float64_device(x_hat.device)
+    r = r.to(device=device, dtype=torch.float64)
+    cap = _ash.max_log_scale(torch.float64)
+    over = r > cap
+    if bool(over.any()):
+        logger.warning(
+            "exp_scaled_energy: exponent above %.1f for %d of %d samples (max %.1f): even float64 "
+            "logits would overflow; those samples use exp(%.1f)",
+            cap, int(over.sum()), over.numel(), float(r.max()), cap,
+        )
+    weight = fc.weight.detach().to(device=device, dtype=torch.float64)
+    bias = (
+        fc.bias.detach().to(device=device, dtype=torch.float64)
+        if fc.bias is not None
+        else torch.zeros(weight.shape[0], dtype=torch.float64, device=device)
+    )
+    direction = x_hat.to(device=device, dtype=torch.float64) @ weight.T
+    logits = torch.exp(r.clamp(max=cap))[:, None] * direction + bias
+    return torch.logsumexp(logits, dim=1)
+
+
 def ash_energy(
     classifier: nn.Module,
     features: Any,
@@ -230,10 +408,38 @@ def ash_energy(
     """ASH score (Djurisic et al. 2023, sec. 3): ``energy(head(ASH_method(features, p)))``, ``T = 1``.
 
     ``method`` is a key of :data:`ood_core.ash.SHAPERS`; ``p = 95`` with ASH-S is the official
-    CIFAR setting, ``p = 90`` the ImageNet one.
+    CIFAR setting, ``p = 90`` the ImageNet one. ``method="scale"`` gives SCALE (Xu et al. 2024).
+    For the exponential shapers (``ash_s``, ``scale``: :data:`ood_core.ash.EXP_SCALED_PARTS`) the
+    energy is computed exactly in float64 by :func:`exp_scaled_energy` and returned as float64
+    (at p = 99 on 512-d features it reaches ~1e44); the other methods return the logits' dtype.
     """
+    if method in _ash.EXP_SCALED_PARTS:
+        if shaper_kwargs:
+            raise TypeError(f"{method} takes no extra arguments; got {sorted(shaper_kwargs)}")
+        p = _check_percentile(percentile)
+        base, r = _ash.EXP_SCALED_PARTS[method](_features_on(classifier, features), p)
+        return exp_scaled_energy(classifier, base, r)
     shaper = make_shaper(method, percentile, **shaper_kwargs)
     return energy(logits_from_features(classifier, features, shaper))
+
+
+def ash_global_energy(
+    classifier: nn.Module, features: Any, method: str, threshold: float
+) -> Tensor:
+    """ASH with one global threshold (the paper's local-vs-global ablation), scored by energy.
+
+    ``method`` is ``"ash_p"``, ``"ash_b"`` or ``"ash_s"``; ``threshold`` comes from
+    :func:`ood_core.ash.global_threshold`. ASH-S goes through :func:`exp_scaled_energy` (float64,
+    uncapped up to an exponent of ~681; a global threshold can leave ``s1 / s2`` in the hundreds);
+    ASH-P/B return ``energy(head(shaped))`` in the logits' dtype.
+    """
+    f = _features_on(classifier, features)
+    if method == "ash_s":
+        return exp_scaled_energy(classifier, *_ash.ash_s_global_parts(f, threshold))
+    shapers = {"ash_p": _ash.ash_p_global, "ash_b": _ash.ash_b_global}
+    if method not in shapers:
+        raise ValueError(f"unknown global ASH method {method!r}; choose ash_p, ash_b or ash_s")
+    return energy(classifier.head(shapers[method](f, threshold)))
 
 
 def ash_react(
@@ -247,11 +453,11 @@ def ash_react(
     """ASH after ReAct clipping: ``energy(head(ASH_method(min(features, c), p)))``.
 
     ``threshold`` is ReAct's ``c`` (see :func:`ood_core.ash.react_threshold`); the same as
-    ``ReAct(...).fit(train).score(classifier, features, shaper=make_shaper(method, p))``.
+    ``ReAct(...).fit(train).score(classifier, features, shaper=make_shaper(method, p))``, except
+    that ASH-S and SCALE are scored in float64 without the exponent cap, as in :func:`ash_energy`.
     """
-    shaper = make_shaper(method, percentile, **shaper_kwargs)
     clipped = react(_features_on(classifier, features), threshold)
-    return energy(logits_from_features(classifier, clipped, shaper))
+    return ash_energy(classifier, clipped, method, percentile, **shaper_kwargs)
 
 
 class ReAct:
@@ -408,6 +614,356 @@ class Mahalanobis:
         f = _as_tensor(features)
         out = -self.distances(f).amin(dim=1)
         return out.to(f.dtype) if f.is_floating_point() else out
+
+
+# ------------------------------------------------------------------ detectors that came after ASH
+
+
+def _top_k_similarities(
+    queries: Tensor, bank: Tensor, k: int, batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest inner products of each query row with the bank rows, and their indices.
+
+    Exact search in chunks of ``batch_size`` queries: peak memory is the bank plus one
+    ``[batch_size, N]`` similarity block (51 MB for 256 x 50,000 in float32). Values sorted
+    descending, ``[B, k]`` each.
+    """
+    values, indices = [], []
+    for start in range(0, queries.shape[0], batch_size):
+        sims = queries[start : start + batch_size] @ bank.T
+        top = torch.topk(sims, k, dim=1, largest=True, sorted=True)
+        values.append(top.values)
+        indices.append(top.indices)
+    if not values:
+        empty = queries.new_zeros((0, k))
+        return empty, empty.long()
+    return torch.cat(values), torch.cat(indices)
+
+
+class KNN:
+    """Deep nearest neighbours (Sun, Ming, Zhu & Li, ICML 2022, "OOD Detection with Deep Nearest Neighbors").
+
+    Features are L2-normalised, ``z = f / ||f||``; the score is minus the Euclidean distance from
+    ``z`` to its ``k``-th nearest normalised ID training feature,
+
+        ``score(x) = -|| z - z_(k) ||_2``   (their eq. 2 and sec. 3: higher = more ID).
+
+    The official code searches with faiss ``IndexFlatL2``, which returns *squared* distances, so
+    it scores ``-||z - z_(k)||^2``: the same ranking (every metric equal). pytorch-ood 0.4.0
+    returns ``+||z - z_(k)||``. The paper uses ``k = 50`` on CIFAR-10 (all 50,000 training
+    images), 200 on CIFAR-100 and 1000 on ImageNet (with a 1 % sample of the training set).
+
+    The search is exact and runs in torch (no faiss): inner products of normalised vectors in
+    chunks of ``batch_size`` queries select the ``k`` nearest, and the ``k``-th distance is then
+    recomputed as the norm of the difference in float64 (no ``2 - 2 cos`` cancellation, so a bank
+    point queried with ``k = 1`` scores exactly 0). Peak memory: the bank (``N x D`` in the
+    training features' dtype: 100 MB for 50,000 x 512 float32) plus ``batch_size x N`` similarities.
+    An all-zero feature stays zero after normalisation (distance 1 to every unit vector).
+    """
+
+    def __init__(self, k: int = 50, batch_size: int = 256) -> None:
+        self.k = k
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        return f"KNN(k={self.k!r}, batch_size={self.batch_size!r})"
+
+    def fit(self, train_features: Any) -> KNN:
+        """Store ``bank_`` ``[N, D]``: the L2-normalised ID training features (a copy)."""
+        k = _check_positive_int(self.k, "k")
+        _check_positive_int(self.batch_size, "batch_size")
+        f = _feature_matrix(train_features, "train_features", fitting=True)
+        if f.shape[0] < k:
+            raise ValueError(f"k={k} needs at least k training features; got {f.shape[0]}")
+        self.bank_ = _l2_normalise(f).contiguous()
+        self.n_features_in_ = f.shape[1]
+        return self
+
+    def kth_distance(self, features: Any) -> Tensor:
+        """``||z - z_(k)||_2`` per row, float64 ``[B]`` (``z`` the normalised features)."""
+        _require_fitted(self, "bank_", "train_features")
+        f = _feature_matrix(features, "features", self.n_features_in_)
+        z = _l2_normalise(f.to(self.bank_.dtype))
+        _, indices = _top_k_similarities(z, self.bank_, int(self.k), int(self.batch_size))
+        kth = self.bank_[indices[:, -1]] if indices.shape[0] else self.bank_[:0]
+        return (z.double() - kth.double()).norm(dim=1)
+
+    def score(self, features: Any) -> Tensor:
+        """``-||z - z_(k)||_2``, a ``[B]`` CPU tensor in the features' dtype (higher = more ID)."""
+        f = _as_tensor(features)
+        return (-self.kth_distance(f)).to(_out_dtype(f))
+
+
+def vim_default_dim(feature_dim: int) -> int:
+    """ViM's principal-subspace size as the official code picks it from the feature width ``D``.
+
+    1000 if ``D >= 2048``, 512 if ``D >= 768``, otherwise ``D // 2`` (Wang et al. 2022, sec. 4 and
+    the official repository).
+    """
+    d = _check_positive_int(feature_dim, "feature_dim")
+    if d >= 2048:
+        return 1000
+    if d >= 768:
+        return 512
+    return d // 2
+
+
+class ViM:
+    """ViM (Wang, Li, Zhang & Zhang, CVPR 2022, "ViM: Out-Of-Distribution with Virtual-logit Matching").
+
+    ``fit`` on ID training features ``x`` and the classifier's final layer ``W x + b``:
+
+    * the origin ``u = -pinv(W) b`` (where the logits vanish), their sec. 3.3;
+    * the principal subspace ``P``: the ``dim`` eigenvectors with the largest eigenvalues of
+      ``X^T X / N`` with ``X = x - u`` (the features centred at ``u``, not at their mean, as in
+      the paper and the official code's ``EmpiricalCovariance(assume_centered=True)``);
+    * the residual ``x^{P-perp} = (I - P P^T)(x - u)``, its norm being the virtual logit's base;
+    * ``alpha = sum_i max_k l_ik / sum_i ||x_i^{P-perp}||`` over the training set (eq. 7, the
+      mean of the maximum logits over the mean residual norm).
+
+    ``score = logsumexp(l) - alpha ||x^{P-perp}||`` (the log-probability of the ID classes
+    against the virtual logit, up to a monotone transform; higher = more ID). pytorch-ood 0.4.0
+    returns its negative. ``dim=None`` uses :func:`vim_default_dim`; ``0 < dim < D`` is required
+    (pytorch-ood silently replaces a too-large ``d`` by ``D // 2``; this raises instead).
+    Linear algebra in float64; the logits are ``classifier.head(x)``.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = dim
+
+    def __repr__(self) -> str:
+        return f"ViM(dim={self.dim!r})"
+
+    def fit(self, train_features: Any, classifier: nn.Module) -> ViM:
+        """Learn ``origin_``, ``principal_components_`` ``[D, dim]``, ``residual_basis_`` and ``alpha_``."""
+        fc = _final_linear(classifier)
+        width = fc.in_features
+        f = _feature_matrix(train_features, "train_features", width, fitting=True)
+        dim = vim_default_dim(width) if self.dim is None else _check_positive_int(self.dim, "dim")
+        if not dim < width:
+            raise ValueError(
+                f"dim must be smaller than the feature width {width} (the residual would be "
+                f"empty); got dim={dim}. ViM's official rule: ood_core.scores.vim_default_dim({width}) "
+                f"= {vim_default_dim(width)}"
+            )
+        weight = fc.weight.detach().cpu().double()
+        bias = (
+            fc.bias.detach().cpu().double()
+            if fc.bias is not None
+            else torch.zeros(weight.shape[0], dtype=torch.float64)
+        )
+        origin = -(torch.linalg.pinv(weight) @ bias)
+        second_moment = torch.zeros(width, width, dtype=torch.float64)
+        for start in range(0, f.shape[0], 8192):  # float64 copies one chunk at a time
+            centred = f[start : start + 8192].double() - origin
+            second_moment += centred.T @ centred
+        second_moment /= f.shape[0]
+        _, eigenvectors = torch.linalg.eigh(second_moment)  # ascending eigenvalues
+        self.origin_ = origin
+        self.dim_ = dim
+        self.principal_components_ = eigenvectors[:, width - dim :].contiguous()
+        self.residual_basis_ = eigenvectors[:, : width - dim].contiguous()
+        self.n_features_in_ = width
+        train_residual = self.residual_norm(f)
+        max_logit_train = _head_logits(classifier, f).double().amax(dim=1)
+        if not float(train_residual.sum()) > 0:
+            raise ValueError(
+                "the training features have no residual outside the principal subspace "
+                "(they span at most dim directions around u); lower dim"
+            )
+        self.alpha_ = float(max_logit_train.sum() / train_residual.sum())
+        return self
+
+    def residual(self, features: Any) -> Tensor:
+        """``x^{P-perp} = (I - P P^T)(x - u)``, float64 ``[B, D]``."""
+        _require_fitted(self, "residual_basis_", "train_features, classifier")
+        f = _feature_matrix(features, "features", self.n_features_in_).double()
+        return ((f - self.origin_) @ self.residual_basis_) @ self.residual_basis_.T
+
+    def residual_norm(self, features: Any) -> Tensor:
+        """``||x^{P-perp}||_2``, float64 ``[B]`` (computed in the residual basis)."""
+        _require_fitted(self, "residual_basis_", "train_features, classifier")
+        f = _feature_matrix(features, "features", self.n_features_in_)
+        out = [
+            ((f[s : s + 8192].double() - self.origin_) @ self.residual_basis_).norm(dim=1)
+            for s in range(0, max(f.shape[0], 1), 8192)
+        ]
+        return torch.cat(out)
+
+    def score(self, classifier: nn.Module, features: Any) -> Tensor:
+        """``logsumexp(head(x)) - alpha_ ||x^{P-perp}||``, a ``[B]`` CPU tensor (higher = more ID)."""
+        _require_fitted(self, "alpha_", "train_features, classifier")
+        fc = _final_linear(classifier)
+        if fc.in_features != self.n_features_in_:
+            raise ValueError(
+                f"ViM was fitted on {self.n_features_in_}-d features; this classifier's fc takes "
+                f"{fc.in_features}"
+            )
+        f = _feature_matrix(features, "features", self.n_features_in_)
+        logits = _head_logits(classifier, f).double()
+        out = torch.logsumexp(logits, dim=1) - self.alpha_ * self.residual_norm(f)
+        return out.to(_out_dtype(f))
+
+
+class FDBD:
+    """fDBD (Liu & Qin, ICML 2024, "Fast Decision Boundary based Out-of-Distribution Detector").
+
+    For features ``z`` with logits ``l = W z + b`` (the classifier's ``fc``) and predicted class
+    ``c = argmax_j l_j``, the distance from ``z`` to the decision boundary between ``c`` and ``j``
+    (the hyperplane ``(w_c - w_j)^T z + b_c - b_j = 0``) is
+
+        ``d_j(z) = |(w_c - w_j)^T z + (b_c - b_j)| / ||w_c - w_j||_2``,
+
+    and the score is the mean over the ``K - 1`` other classes, regularised by the distance to the
+    mean ``mu`` of the ID training features (their eq. 5):
+
+        ``score(z) = (1 / (K - 1)) sum_{j != c} d_j(z) / ||z - mu||_2``   (higher = more ID).
+
+    The official code sums instead of averaging (a constant factor ``K - 1``, same ranking);
+    pytorch-ood 0.4.0 averages and returns the negative. Hyperparameter-free. Two classes with
+    identical weight vectors have no (or an everywhere) boundary: scoring raises. ``||z - mu||``
+    is clamped at 1e-12 (a feature at the training mean would divide by zero). Ties for the top
+    logit go to the lowest class index. Computed in float64.
+    """
+
+    def __repr__(self) -> str:
+        return "FDBD()"
+
+    def fit(self, train_features: Any) -> FDBD:
+        """Learn ``train_mean_`` ``[D]`` (float64)."""
+        f = _feature_matrix(train_features, "train_features", fitting=True)
+        self.train_mean_ = f.double().mean(dim=0)
+        self.n_features_in_ = f.shape[1]
+        return self
+
+    def _layer(self, classifier: nn.Module) -> tuple[Tensor, Tensor]:
+        fc = _final_linear(classifier)
+        if fc.in_features != self.n_features_in_:
+            raise ValueError(
+                f"FDBD was fitted on {self.n_features_in_}-d features; this classifier's fc "
+                f"takes {fc.in_features}"
+            )
+        if fc.out_features < 2:
+            raise ValueError("fDBD needs at least two classes (a decision boundary)")
+        weight = fc.weight.detach().cpu().double()
+        bias = (
+            fc.bias.detach().cpu().double()
+            if fc.bias is not None
+            else torch.zeros(weight.shape[0], dtype=torch.float64)
+        )
+        return weight, bias
+
+    def boundary_distances(self, classifier: nn.Module, features: Any) -> Tensor:
+        """``d_j(z)`` for every class ``j``, float64 ``[B, K]``; 0 at the predicted class."""
+        _require_fitted(self, "train_mean_", "train_features")
+        weight, bias = self._layer(classifier)
+        z = _feature_matrix(features, "features", self.n_features_in_).double()
+        logits = z @ weight.T + bias
+        top, predicted = logits.max(dim=1)
+        # pairwise ||w_c - w_j|| without the Gram-matrix shortcut (no cancellation for close rows)
+        norms = torch.cdist(weight, weight, compute_mode="donot_use_mm_for_euclid_dist")
+        off_diagonal = ~torch.eye(weight.shape[0], dtype=torch.bool)
+        if bool((norms[off_diagonal] == 0).any()):
+            raise ValueError("two classes of the classifier's fc have identical weight vectors")
+        norms = norms.masked_fill(~off_diagonal, 1.0)
+        return (top[:, None] - logits).abs() / norms[predicted]
+
+    def score(self, classifier: nn.Module, features: Any) -> Tensor:
+        """``mean_{j != c} d_j(z) / ||z - mu||``, a ``[B]`` CPU tensor (higher = more ID)."""
+        f = _as_tensor(features)
+        distances = self.boundary_distances(classifier, f)
+        z = _feature_matrix(f, "features", self.n_features_in_).double()
+        spread = (z - self.train_mean_).norm(dim=1).clamp(min=1e-12)
+        mean_distance = distances.sum(dim=1) / (distances.shape[1] - 1)
+        return (mean_distance / spread).to(_out_dtype(f))
+
+
+class NNGuide:
+    """NNGuide (Park, Jung & Teoh, ICCV 2023, "Nearest Neighbor Guidance for Out-of-Distribution Detection").
+
+    ``fit`` builds a bank from ID training features ``f_i`` and logits ``l_i``: each normalised
+    feature scaled by its confidence, ``b_i = s(l_i) f_i / ||f_i||``, with the energy
+    ``s(l) = logsumexp(l)`` as the confidence (the paper's and official code's choice for
+    classifier-based scores). For a test sample the guidance is the mean of the ``k`` largest
+    inner products with the bank, ``G(x) = mean_{top-k over i} <f / ||f||, b_i>`` (faiss
+    ``IndexFlatIP`` on the scaled bank in the official code: the neighbours are chosen by the
+    *scaled* similarity ``s(l_i) cos(f, f_i)``, not by the cosine alone), and
+
+        ``score(x) = s(l(x)) * G(x)``   (their eq. 4-6; higher = more ID).
+
+    Choices, following the official code: ``k = 10`` (its default; OpenOOD uses 100); the bank is
+    a random ``bank_fraction`` of the training set (official: 1 % of ImageNet, drawn with a fixed
+    seed; the default here keeps every training sample, as for CIFAR-sized sets), taken as the
+    first ``int(N * bank_fraction)`` of a permutation from ``torch.Generator().manual_seed(seed)``.
+    pytorch-ood 0.4.0 implements the same score with the opposite sign and no subsampling. The
+    search is exact, in chunks of ``batch_size`` queries (see :class:`KNN`).
+    """
+
+    def __init__(
+        self, k: int = 10, bank_fraction: float = 1.0, seed: int = 0, batch_size: int = 256
+    ) -> None:
+        self.k = k
+        self.bank_fraction = bank_fraction
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        return (
+            f"NNGuide(k={self.k!r}, bank_fraction={self.bank_fraction!r}, seed={self.seed!r}, "
+            f"batch_size={self.batch_size!r})"
+        )
+
+    def fit(self, train_features: Any, train_logits: Any) -> NNGuide:
+        """Learn ``bank_`` ``[n, D]`` (confidence-scaled normalised features) and ``bank_indices_``."""
+        k = _check_positive_int(self.k, "k")
+        _check_positive_int(self.batch_size, "batch_size")
+        if isinstance(self.bank_fraction, bool) or not 0.0 < float(self.bank_fraction) <= 1.0:
+            raise ValueError(f"bank_fraction must be in (0, 1]; got {self.bank_fraction!r}")
+        f = _feature_matrix(train_features, "train_features", fitting=True)
+        logits = _feature_matrix(train_logits, "train_logits", fitting=True)
+        if logits.shape[0] != f.shape[0]:
+            raise ValueError(
+                f"got {f.shape[0]} training feature rows but {logits.shape[0]} logit rows"
+            )
+        n = f.shape[0] if float(self.bank_fraction) == 1.0 else int(f.shape[0] * float(self.bank_fraction))
+        if n < k:
+            raise ValueError(
+                f"the bank holds {n} samples (bank_fraction={self.bank_fraction} of {f.shape[0]}); "
+                f"k={k} needs at least k"
+            )
+        if n == f.shape[0]:
+            indices = torch.arange(n)
+            rows, row_logits = f, logits
+        else:
+            generator = torch.Generator().manual_seed(int(self.seed))
+            indices = torch.randperm(f.shape[0], generator=generator)[:n]
+            rows, row_logits = f[indices], logits[indices]
+        bank = torch.empty(n, f.shape[1], dtype=f.dtype)
+        for start in range(0, n, 8192):  # float64 one chunk at a time
+            stop = start + 8192
+            confidence = torch.logsumexp(row_logits[start:stop].double(), dim=1)
+            bank[start:stop] = _l2_normalise(rows[start:stop].double()) * confidence[:, None]
+        self.bank_ = bank
+        self.bank_indices_ = indices
+        self.n_features_in_ = f.shape[1]
+        return self
+
+    def guidance(self, features: Any) -> Tensor:
+        """``G(x)``: the mean of the ``k`` largest ``<f / ||f||, b_i>``, float64 ``[B]``."""
+        _require_fitted(self, "bank_", "train_features, train_logits")
+        f = _feature_matrix(features, "features", self.n_features_in_)
+        z = _l2_normalise(f.to(self.bank_.dtype))
+        values, _ = _top_k_similarities(z, self.bank_, int(self.k), int(self.batch_size))
+        return values.double().mean(dim=1)
+
+    def score(self, features: Any, logits: Any) -> Tensor:
+        """``logsumexp(logits) * G(x)``, a ``[B]`` CPU tensor (higher = more ID)."""
+        f = _as_tensor(features)
+        z = _feature_matrix(logits, "logits")
+        if z.shape[0] != f.shape[0]:
+            raise ValueError(f"got {f.shape[0]} feature rows but {z.shape[0]} logit rows")
+        out = torch.logsumexp(z.double(), dim=1) * self.guidance(f)
+        return out.to(_out_dtype(f))
 
 
 # ------------------------------------------------------------------------ batched inference

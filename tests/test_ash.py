@@ -216,9 +216,10 @@ def test_react_clips_from_above():
 
 
 def test_make_shaper_composes(feats):
-    assert set(SHAPERS) == {"ash_p", "ash_b", "ash_s", "ash_rand"}
+    assert set(SHAPERS) == {"ash_p", "ash_b", "ash_s", "ash_rand", "scale"}
     shaper = make_shaper("ash_s", 65)
     torch.testing.assert_close(shaper(feats), ash_s(feats, 65))
+    torch.testing.assert_close(make_shaper("scale", 65)(feats), ash.scale(feats, 65))
     rand = make_shaper("ash_rand", 50, generator=torch.Generator().manual_seed(0), high=1.0)
     assert rand(feats).max() <= 1.0
     with pytest.raises(ValueError, match="unknown shaper"):
@@ -232,13 +233,28 @@ def test_gradients_flow_through_kept_entries(feats):
     assert ash.__doc__ and "percent" in ash.__doc__
 
 
-def test_ash_s_scale_is_capped_so_extreme_samples_stay_finite():
-    """Much pruned mass and a sliver kept: s1/s2 = 901 would overflow exp() to inf in float32."""
+def test_ash_s_scale_is_capped_so_extreme_samples_stay_finite(caplog):
+    """Much pruned mass and a sliver kept: s1/s2 = 901 would overflow exp() to inf in float32.
+
+    The cap is per dtype now (``max_log_scale``; 60 for float32 as before), it is logged, and
+    ``capped``/``capped_fraction`` report it; float64 activations carry the exact factor.
+    """
     x = torch.tensor([[0.9] * 1000 + [1.0]])
-    y = ash.ash_s_global(x, threshold=0.95)
+    with caplog.at_level("WARNING", logger="ood_core.ash"):
+        y = ash.ash_s_global(x, threshold=0.95)
+    assert "cap" in caplog.text
     assert torch.isfinite(y).all()
-    assert y[0, -1].item() == pytest.approx(math.exp(ash.MAX_LOG_SCALE), rel=1e-5)
+    assert ash.max_log_scale(torch.float32) == pytest.approx(60.0, abs=1e-9)
+    assert y[0, -1].item() == pytest.approx(math.exp(ash.max_log_scale(torch.float32)), rel=1e-5)
     assert (y[0, :-1] == 0).all()
+    r = ash.ash_s_global_exponent(x, 0.95)
+    assert r.item() == pytest.approx(901.0)
+    assert ash.capped(r, torch.float32).tolist() == [True]
+    assert ash.capped_fraction(r, torch.float64) == 1.0  # 901 > ~681: even float64 caps
+    # a ratio float32 cannot carry but float64 can: exact in float64
+    x2 = torch.tensor([[0.9] * 100 + [1.0]], dtype=torch.float64)
+    y2 = ash.ash_s_global(x2, threshold=0.95)
+    assert y2[0, -1].item() == pytest.approx(math.exp(91.0), rel=1e-12)
     # below the cap the paper's formula is untouched
     x2 = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     assert torch.allclose(ash.ash_s(x2, 50), torch.tensor([[0.0, 0.0, 3.0, 4.0]]) * math.exp(10 / 7))
