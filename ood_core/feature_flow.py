@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -419,7 +420,8 @@ def feature_flow_scores(model: FeatureFlow, features: Any, batch_size: int = 409
     try:
         with torch.no_grad():
             starts = range(0, f.shape[0], batch_size)
-            for start in tqdm(starts, desc="feature flow", leave=False, disable=len(starts) == 1):
+            quiet = len(starts) == 1 or bool(os.environ.get("TQDM_DISABLE"))
+            for start in tqdm(starts, desc="feature flow", leave=False, disable=quiet):
                 batch = f[start : start + batch_size].to(device=reference.device, dtype=reference.dtype)
                 out.append(model.log_prob(batch).double().cpu())
     finally:

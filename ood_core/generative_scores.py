@@ -528,11 +528,11 @@ class DoSE:
     ``estimator_`` (the fitted scikit-learn object, a list of them with ``factorize``).
     Scoring before ``fit`` raises :class:`sklearn.exceptions.NotFittedError`.
 
-    The paper fits the densities on statistics of the training data; fitting on a held-out ID
-    split (as here and in Nalisnick et al.'s typicality test) keeps an overfitted model's
-    unusually high training likelihoods out of the reference density. The paper's exact
-    estimator settings (bandwidth, ``nu``, joint or per-statistic KDE) were not available to
-    us; the choices above are ours and stated.
+    The paper's abstract measures typicality "given the training data"; we fit on a held-out
+    split of the ID training data (as :func:`estimate_entropy` does for the typicality test),
+    which keeps an overfitted model's unusually high training likelihoods out of the reference
+    density. Only the paper's abstract was available to us, not its estimator settings
+    (bandwidth, ``nu``, joint or per-statistic KDE): the choices above are ours and stated.
     """
 
     def __init__(

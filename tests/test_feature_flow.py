@@ -229,3 +229,7 @@ def test_training_fits_a_gaussian_of_known_entropy(tmp_path):
     # a point far in the tails is much less likely than the mode under both densities
     far = (mean + 6 * torch.sqrt(torch.diagonal(covariance)))[None].float()
     assert feature_flow_scores(flow, far)[0] < at_mean - 20
+    # samples (inverse direction) reproduce the moments: measured max errors 0.11 (mean), 0.11 (cov)
+    samples = flow.sample(4096, torch.Generator().manual_seed(0)).double()
+    assert (samples.mean(0) - mean).abs().max() < 0.25
+    assert (torch.cov(samples.T) - covariance).abs().max() < 0.3
