@@ -21,14 +21,18 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
+
+from ood_core.flows import gaussian_log_prob
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +134,90 @@ def _model_device_dtype(
     return fallback.device, torch.get_default_dtype()
 
 
+# --------------------------------------------------------------------------------------------
+# Per-level terms of a multi-scale Glow (optional outputs of flow_log_likelihood / score_flow)
+# --------------------------------------------------------------------------------------------
+
+
+def _glow_levels(model: nn.Module) -> Any:
+    levels = getattr(model, "levels", None)
+    if levels is None or len(levels) == 0 or not all(
+        hasattr(level, "steps") and hasattr(level, "split") and len(level.steps) > 0 for level in levels
+    ):
+        raise TypeError(
+            f"per_level=True needs a multi-scale Glow (ood_core.flows.Glow) with levels of flow steps "
+            f"and splits; {type(model).__name__} has none. Call with per_level=False."
+        )
+    if levels[-1].split is not None or any(level.split is None for level in levels[:-1]):
+        raise TypeError("per_level=True expects a split after every level but the top one (ood_core.flows.Glow)")
+    return levels
+
+
+@contextlib.contextmanager
+def _capture_latents(model: nn.Module) -> Iterator[dict[str, Any]]:
+    """Record what one density-direction pass of a Glow produces at each level.
+
+    Forward hooks on every ``Split`` (its ``((kept, z), logdet)`` output) and on the last flow
+    step of the top level (its output is the top latent). The hooks only read tensors, so the
+    pass computes exactly what it computes without them; they are removed on exit.
+    """
+    levels = _glow_levels(model)
+    captured: dict[str, Any] = {"splits": [], "top": None}
+
+    def on_split(module: nn.Module, _inputs: Any, output: Any) -> None:
+        (kept, z), _ = output
+        captured["splits"].append((module, kept, z))
+
+    def on_top(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        captured["top"] = output[0]
+
+    handles = [level.split.register_forward_hook(on_split) for level in levels[:-1]]
+    handles.append(levels[-1].steps[-1].register_forward_hook(on_top))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _level_terms(model: nn.Module, captured: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``log_pz_level{i}`` (``i = 0..L-1``, the top latent last) and ``z_sqnorm``, each ``[B]``.
+
+    Split level ``i``: ``log p(z_i | kept_i)`` under the split's (conditional) prior; top level:
+    ``log N(z_top; top_mean, exp(top_log_std)^2)`` (``N(0, I)`` without a learned prior). Their
+    sum is the ``log_pz`` of ``model.log_prob_parts``. ``z_sqnorm = sum_i ||z_i||^2`` over all
+    latents (the squared norm of the whole latent vector, before any prior standardisation).
+    """
+    num_levels = len(model.levels)
+    splits, top = captured["splits"], captured["top"]
+    if len(splits) != num_levels - 1 or top is None:
+        raise RuntimeError(
+            f"per_level=True saw {len(splits)} split latent(s) and top latent {top is not None} in a "
+            f"{num_levels}-level Glow: the flow's forward pass no longer calls its Split modules "
+            "and last flow step as submodules; update ood_core.likelihood._capture_latents"
+        )
+    terms: dict[str, torch.Tensor] = {}
+    sqnorm = top.new_zeros(top.shape[0])
+    for index, (split, kept, z) in enumerate(splits):
+        terms[f"log_pz_level{index}"] = split.log_prob(kept, z)
+        sqnorm = sqnorm + z.flatten(1).pow(2).sum(1)
+    top_mean, top_log_std = getattr(model, "top_mean", None), getattr(model, "top_log_std", None)
+    if top_mean is None:
+        top_mean = top_log_std = torch.zeros_like(top)
+    terms[f"log_pz_level{num_levels - 1}"] = gaussian_log_prob(
+        top, top_mean.expand_as(top), top_log_std.expand_as(top)
+    )
+    terms["z_sqnorm"] = sqnorm + top.flatten(1).pow(2).sum(1)
+    return terms
+
+
 def flow_log_likelihood(
     model: nn.Module,
     x_uint8: torch.Tensor,
     generator: torch.Generator | None = None,
     n_bits: int | None = None,
+    *,
+    per_level: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Discrete-data log-likelihood of a flow and its decomposition, all ``[B]`` tensors.
 
@@ -151,6 +234,13 @@ def flow_log_likelihood(
 
     ``n_bits`` defaults to ``model.config.n_bits`` when the model has a config, else 8. The
     input is moved to the model's device and dtype; gradients flow if enabled by the caller.
+
+    ``per_level=True`` (a multi-scale :class:`ood_core.flows.Glow` only) adds, from the same
+    pass, ``log_pz_level{i}`` for ``i = 0..L-1`` (the prior log-density of the latent split off
+    at level ``i``; the top latent is level ``L-1``), whose sum is ``log_pz``, and ``z_sqnorm``
+    (``||z||^2`` over all latents). These are the per-example statistics DoSE uses (Morningstar
+    et al. 2021; :class:`ood_core.generative_scores.DoSE`). The other six entries are
+    unchanged by the option.
     """
     _check_uint8(x_uint8)
     if n_bits is None:
@@ -159,12 +249,14 @@ def flow_log_likelihood(
     device, dtype = _model_device_dtype(model, x_uint8)
     x = preprocess(x_uint8.to(device), generator=generator, n_bits=n_bits, dtype=dtype)
     num_dims = int(np.prod(x_uint8.shape[1:]))
-    log_pz, flow_logdet = model.log_prob_parts(x)
+    capture = _capture_latents(model) if per_level else contextlib.nullcontext()
+    with capture as captured:
+        log_pz, flow_logdet = model.log_prob_parts(x)
     logdet = flow_logdet - num_dims * n_bits * _LN2
     log_px = log_pz + logdet
     bpd_pz = bits_per_dim(log_pz, num_dims)
     bpd_logdet = bits_per_dim(logdet, num_dims)
-    return {
+    result = {
         "log_px": log_px,
         "log_pz": log_pz,
         "logdet": logdet,
@@ -172,6 +264,9 @@ def flow_log_likelihood(
         "bpd_pz": bpd_pz,
         "bpd_logdet": bpd_logdet,
     }
+    if per_level:
+        result.update(_level_terms(model, captured))
+    return result
 
 
 def score_flow(
@@ -181,6 +276,8 @@ def score_flow(
     seed: int = 0,
     device: torch.device | str | None = None,
     n_bits: int | None = None,
+    *,
+    per_level: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-example :func:`flow_log_likelihood` over a whole ``uint8`` array, as numpy arrays.
 
@@ -193,6 +290,11 @@ def score_flow(
     :func:`flow_log_likelihood`) are cast to float64 and the other four derived from them in
     float64, so ``log_px = log_pz + logdet`` and ``bpd = bpd_pz + bpd_logdet`` hold exactly.
     The noise of an example depends on ``seed`` and on ``batch_size`` (batches draw in turn).
+
+    ``per_level=True`` (multi-scale Glow only) also returns ``log_pz_level0 .. log_pz_level{L-1}``
+    and ``z_sqnorm`` (see :func:`flow_log_likelihood`; float64 casts of the model's values, so
+    their sum equals ``log_pz`` up to the model dtype's rounding). The six entries above are
+    bit-identical with and without it.
     """
     if isinstance(x_uint8, np.ndarray):
         x_uint8 = torch.from_numpy(x_uint8)
@@ -208,14 +310,19 @@ def score_flow(
         device = model_device
     generator = torch.Generator().manual_seed(seed)
     parts: dict[str, list[np.ndarray]] = {}
+    level_keys: list[str] = []
+    if per_level:
+        level_keys = [f"log_pz_level{i}" for i in range(len(_glow_levels(model)))] + ["z_sqnorm"]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for start in tqdm(range(0, len(x_uint8), batch_size), desc="scoring", leave=False):
                 batch = x_uint8[start : start + batch_size].to(device)
-                result = flow_log_likelihood(model, batch, generator=generator, n_bits=n_bits)
-                for key in ("log_pz", "logdet"):
+                result = flow_log_likelihood(
+                    model, batch, generator=generator, n_bits=n_bits, per_level=per_level
+                )
+                for key in ("log_pz", "logdet", *level_keys):
                     parts.setdefault(key, []).append(result[key].double().cpu().numpy())
     finally:
         model.train(was_training)
@@ -229,7 +336,7 @@ def score_flow(
     # Derived terms are recomputed in float64 so that the identities hold in the arrays returned.
     bpd_pz = -log_pz / (num_dims * _LN2)
     bpd_logdet = -logdet / (num_dims * _LN2)
-    return {
+    out = {
         "log_px": log_pz + logdet,
         "log_pz": log_pz,
         "logdet": logdet,
@@ -237,6 +344,9 @@ def score_flow(
         "bpd_pz": bpd_pz,
         "bpd_logdet": bpd_logdet,
     }
+    for key in level_keys:
+        out[key] = np.concatenate(parts[key]) if key in parts else np.zeros(0)
+    return out
 
 
 def score_batches(

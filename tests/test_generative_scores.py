@@ -9,10 +9,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.neighbors import KernelDensity
+from sklearn.svm import OneClassSVM
 
 from ood_core.generative_scores import (
+    FLOW_DOSE_STATISTICS,
+    VAE_DOSE_STATISTICS,
+    DoSE,
     _encode,
     compressed_bits,
+    dose_statistics,
     ensemble_log_likelihood,
     estimate_entropy,
     format_ci,
@@ -26,6 +34,7 @@ from ood_core.generative_scores import (
     verdict,
     waic,
 )
+from ood_core.metrics import auroc
 
 CODECS = ("png", "webp", "lzma")
 
@@ -250,3 +259,204 @@ def test_verdict_truth_table():
     assert verdict(np.float64(96.0) >= 95, np.float64(96.0) >= 85) == "reproduced"
     with pytest.raises(TypeError, match="bool"):
         verdict(96.0, True)
+
+
+# ------------------------------------------------------------------------------------- DoSE
+
+
+def _correlated_stats(n: int, seed: int, shift: float = 0.0, column: int = 1) -> dict[str, np.ndarray]:
+    """Three statistics on very different scales, the first two correlated (like log p(x) and
+    log p(z)), with an optional shift of ``shift`` standard deviations in one of them."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 3))
+    base[:, 1] = 0.8 * base[:, 0] + 0.6 * base[:, 1]
+    base[:, column] += shift
+    scale = np.array([300.0, 50.0, 2.0])
+    offset = np.array([-8000.0, -7000.0, 10.0])
+    values = base * scale + offset
+    return {"log_px": values[:, 0], "log_pz": values[:, 1], "logdet": values[:, 2]}
+
+
+def _standardised(holdout: dict, test: dict) -> tuple[np.ndarray, np.ndarray]:
+    h = np.stack(list(holdout.values()), axis=1)
+    t = np.stack([test[k] for k in holdout], axis=1)
+    mean, std = h.mean(axis=0), h.std(axis=0)
+    return (h - mean) / std, (t - mean) / std
+
+
+@pytest.mark.parametrize("rule", ["scott", "silverman"])
+def test_dose_kde_equals_sklearn_on_the_standardised_statistics(rule):
+    holdout, test = _correlated_stats(400, 0), _correlated_stats(50, 1, shift=1.5)
+    dose = DoSE("kde", bandwidth=rule).fit(holdout)
+    z_holdout, z_test = _standardised(holdout, test)
+    n, d = z_holdout.shape
+    expected_h = n ** (-1 / (d + 4)) if rule == "scott" else (n * (d + 2) / 4) ** (-1 / (d + 4))
+    assert dose.bandwidth_ == pytest.approx(expected_h, rel=1e-12)
+    reference = KernelDensity(kernel="gaussian", bandwidth=rule).fit(z_holdout)
+    assert reference.bandwidth_ == pytest.approx(dose.bandwidth_, rel=1e-12)  # sklearn's rule is the same
+    scores = dose.score(test)
+    assert scores.dtype == np.float64 and scores.shape == (50,)
+    np.testing.assert_allclose(scores, reference.score_samples(z_test), rtol=1e-12, atol=1e-10)
+    # a fixed bandwidth and the per-statistic (factorised) variant
+    fixed = DoSE(bandwidth=0.7).fit(holdout).score(test)
+    np.testing.assert_allclose(fixed, KernelDensity(bandwidth=0.7).fit(z_holdout).score_samples(z_test), rtol=1e-12)
+    product = DoSE(bandwidth=rule, factorize=True).fit(holdout)
+    h1 = n ** (-1 / 5) if rule == "scott" else (n * 3 / 4) ** (-1 / 5)
+    np.testing.assert_allclose(product.bandwidth_, [h1] * 3, rtol=1e-12)
+    expected = sum(KernelDensity(bandwidth=h1).fit(z_holdout[:, [s]]).score_samples(z_test[:, [s]]) for s in range(3))
+    np.testing.assert_allclose(product.score(test), expected, rtol=1e-12, atol=1e-10)
+
+
+def test_dose_kde_is_the_gaussian_kernel_formula_by_hand():
+    holdout = {"a": np.array([0.0, 1.0, 3.0]), "b": np.array([2.0, -1.0, 5.0])}
+    test = {"a": np.array([0.5, 10.0]), "b": np.array([1.0, 0.0])}
+    dose = DoSE(bandwidth=0.8).fit(holdout)
+    z_holdout, z_test = _standardised(holdout, test)
+    sq = ((z_test[:, None, :] - z_holdout[None, :, :]) ** 2).sum(-1)
+    by_hand = np.log(np.mean(np.exp(-sq / (2 * 0.8**2)), axis=1)) - np.log(2 * math.pi * 0.8**2)
+    np.testing.assert_allclose(dose.score(test), by_hand, rtol=1e-12)
+
+
+def test_dose_cv_bandwidth_is_sklearns_grid_search_and_near_scott_for_gaussian_data():
+    rng = np.random.default_rng(3)
+    holdout = rng.normal(size=(600, 2)) * [5.0, 0.1]
+    dose = DoSE(bandwidth="cv").fit(holdout)
+    z = (holdout - holdout.mean(0)) / holdout.std(0)
+    scott = 600 ** (-1 / 6)
+    search = GridSearchCV(KernelDensity(), {"bandwidth": scott * np.geomspace(0.1, 10, 21)},
+                          cv=KFold(5, shuffle=True, random_state=0)).fit(z)
+    assert dose.bandwidth_ == pytest.approx(search.best_params_["bandwidth"], rel=1e-12)
+    # for Gaussian statistics the normal-reference rule is close to the likelihood-CV optimum
+    assert 0.5 < dose.bandwidth_ / scott < 2.0
+
+
+def test_dose_ocsvm_equals_sklearn_decision_function():
+    holdout, test = _correlated_stats(300, 0), _correlated_stats(40, 2, shift=2.0)
+    dose = DoSE("ocsvm").fit(holdout)
+    z_holdout, z_test = _standardised(holdout, test)
+    reference = OneClassSVM(kernel="rbf", nu=0.1, gamma="scale").fit(z_holdout)
+    assert reference._gamma == pytest.approx(1 / 3, rel=1e-9)  # "scale" is 1 / S on standardised data
+    np.testing.assert_allclose(dose.score(test), reference.decision_function(z_test), rtol=1e-9, atol=1e-12)
+    other = DoSE("ocsvm", nu=0.3, gamma=0.5).fit(holdout).score(test)
+    np.testing.assert_allclose(other, OneClassSVM(nu=0.3, gamma=0.5).fit(z_holdout).decision_function(z_test),
+                               rtol=1e-9, atol=1e-12)
+    # about nu of the hold-out points lie outside the learned support (decision < 0)
+    assert 0.05 < np.mean(dose.score(holdout) < 0) < 0.15
+
+
+@pytest.mark.parametrize("method", ["kde", "ocsvm"])
+def test_dose_prefers_the_holdout_mean_to_a_far_point_on_either_side(method):
+    holdout = _correlated_stats(500, 0)
+    dose = DoSE(method).fit(holdout)
+    mean = {k: np.array([v.mean()]) for k, v in holdout.items()}
+    for sign in (+1, -1):  # higher *and* lower likelihood than the ID data are atypical
+        far = {k: np.array([v.mean() + sign * 6 * v.std()]) for k, v in holdout.items()}
+        assert dose.score(mean)[0] > dose.score(far)[0]
+
+
+@pytest.mark.parametrize("method", ["kde", "ocsvm"])
+def test_dose_auroc_near_one_when_a_statistic_separates_and_chance_when_none_does(method):
+    holdout = _correlated_stats(1000, 0)
+    id_test = _correlated_stats(1000, 1)
+    dose = DoSE(method).fit(holdout)
+    # OOD shifted by 5 std in logdet only: log p(x) alone would not see it
+    ood = _correlated_stats(1000, 2, shift=5.0, column=2)
+    assert auroc(dose.score(id_test), dose.score(ood)) > 0.99
+    # a shift *up* in the likelihood-like statistic is flagged as well
+    ood_up = _correlated_stats(1000, 3, shift=-5.0, column=1)
+    assert auroc(dose.score(id_test), dose.score(ood_up)) > 0.99
+    # same distribution: chance (AUROC std ~0.013 for 1000 vs 1000)
+    same = _correlated_stats(1000, 4)
+    assert 0.45 < auroc(dose.score(id_test), dose.score(same)) < 0.55
+
+
+def test_dose_statistics_must_match_those_seen_by_fit():
+    holdout, test = _correlated_stats(100, 0), _correlated_stats(10, 1)
+    dose = DoSE().fit(holdout)
+    assert dose.statistic_names_ == ("log_px", "log_pz", "logdet") and dose.n_statistics_ == 3
+    reordered = {k: test[k] for k in ("logdet", "log_px", "log_pz")}
+    np.testing.assert_array_equal(dose.score(reordered), dose.score(test))  # matched by name
+    with pytest.raises(ValueError, match=r"missing \['logdet'\]"):
+        dose.score({k: test[k] for k in ("log_px", "log_pz")})
+    with pytest.raises(ValueError, match="unexpected"):
+        dose.score({**test, "z_sqnorm": test["logdet"]})
+    with pytest.raises(ValueError, match="named statistics"):
+        dose.score(np.stack(list(test.values()), axis=1))
+    unnamed = DoSE().fit(np.stack(list(holdout.values()), axis=1))
+    assert unnamed.statistic_names_ is None
+    with pytest.raises(ValueError, match="3 statistics"):
+        unnamed.score(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="unnamed"):
+        unnamed.score(test)
+    with pytest.raises(ValueError, match="1-D"):
+        unnamed.score(np.zeros(3))
+    with pytest.raises(ValueError, match="same examples"):
+        dose.score({**test, "logdet": test["logdet"][:5]})
+    with pytest.raises(ValueError, match="NaN"):
+        dose.score({**test, "logdet": np.full(10, np.nan)})
+
+
+def test_dose_estimator_rules():
+    dose = DoSE("kde", bandwidth="cv", factorize=True)
+    assert vars(dose) == {"method": "kde", "bandwidth": "cv", "factorize": True, "nu": 0.1, "gamma": "scale"}
+    with pytest.raises(NotFittedError, match="fit"):
+        DoSE().score(np.zeros((2, 2)))
+    holdout = _correlated_stats(50, 0)
+    copy = {k: v.copy() for k, v in holdout.items()}
+    fitted = DoSE().fit(holdout)
+    assert isinstance(fitted, DoSE)
+    for key in holdout:  # inputs are never modified
+        np.testing.assert_array_equal(holdout[key], copy[key])
+    learned = {k for k in vars(fitted) if k.endswith("_")}
+    assert learned == {"statistic_names_", "n_statistics_", "mean_", "scale_", "bandwidth_", "estimator_"}
+    np.testing.assert_allclose(fitted.mean_, [v.mean() for v in holdout.values()])
+    np.testing.assert_allclose(fitted.scale_, [v.std() for v in holdout.values()])
+    for bad in (DoSE("gmm"), DoSE(bandwidth="auto"), DoSE(bandwidth=0.0), DoSE(bandwidth=True),
+                DoSE("ocsvm", nu=0.0), DoSE("ocsvm", gamma=-1.0)):
+        with pytest.raises(ValueError):
+            bad.fit(holdout)
+    with pytest.raises(ValueError, match="constant"):
+        DoSE().fit({**holdout, "logdet": np.full(50, 3.0)})
+    with pytest.raises(ValueError, match="at least 2"):
+        DoSE().fit(np.zeros((1, 2)))
+
+
+def test_dose_statistics_picks_each_models_statistics():
+    n = 6
+    rng = np.random.default_rng(0)
+    flow = {k: rng.normal(size=n) for k in ("log_px", "log_pz", "logdet", "bpd", "bpd_pz", "bpd_logdet")}
+    assert list(dose_statistics(flow)) == list(FLOW_DOSE_STATISTICS)
+    per_level = {**flow, "log_pz_level1": rng.normal(size=n), "log_pz_level0": rng.normal(size=n),
+                 "z_sqnorm": rng.normal(size=n)}
+    assert list(dose_statistics(per_level)) == ["log_px", "log_pz_level0", "log_pz_level1", "logdet", "z_sqnorm"]
+    vae = {k: rng.normal(size=n) for k in ("log_px", "elbo", "log_px_z", "kl", "bpd", "bpd_elbo")}
+    assert list(dose_statistics(vae)) == list(VAE_DOSE_STATISTICS)
+    assert list(dose_statistics({"log_px": rng.normal(size=n), "bpd": rng.normal(size=n)})) == ["log_px"]
+    picked = dose_statistics(vae, keys=["kl", "elbo"])
+    assert list(picked) == ["kl", "elbo"] and picked["kl"].dtype == np.float64
+    picked["kl"][0] = 123.0
+    assert vae["kl"][0] != 123.0  # copies
+    with pytest.raises(KeyError, match="available"):
+        dose_statistics(flow, keys=["log_px", "kl"])
+    with pytest.raises(ValueError, match="log_pz_level0"):
+        dose_statistics({**flow, "log_pz_level1": rng.normal(size=n)})
+    with pytest.raises(ValueError, match="same examples"):
+        dose_statistics({"log_px": np.zeros(3), "log_pz": np.zeros(4), "logdet": np.zeros(3)})
+
+
+def test_dose_on_score_flow_output_end_to_end():
+    from _flow_checks import perturb_parameters
+    from ood_core.flows import Glow, GlowConfig, initialize_actnorm
+    from ood_core.likelihood import preprocess, score_flow
+
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(image_shape=(1, 8, 8), levels=2, steps=1, width=4))
+    images = _noise_images(40, 1, size=8, seed=5)
+    initialize_actnorm(model, preprocess(images[:16]))
+    perturb_parameters(model, 0.02, torch.Generator().manual_seed(1))
+    stats = dose_statistics(score_flow(model, images, batch_size=20, per_level=True))
+    assert list(stats) == ["log_px", "log_pz_level0", "log_pz_level1", "logdet", "z_sqnorm"]
+    dose = DoSE().fit({k: v[:30] for k, v in stats.items()})
+    constant = dose_statistics(score_flow(model, _constant_images(5, 1, size=8), per_level=True))
+    # constant images are far from the noise images' statistics
+    assert dose.score(constant).max() < dose.score({k: v[30:] for k, v in stats.items()}).min()

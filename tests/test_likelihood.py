@@ -210,3 +210,62 @@ def test_score_flow_is_repeatable_and_restores_training_mode():
         np.testing.assert_array_equal(whole[key], direct[key].double().numpy())
     for key in ("log_px", "bpd", "bpd_pz", "bpd_logdet"):
         np.testing.assert_allclose(whole[key], direct[key].double().numpy(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# per-level terms (DoSE statistics)
+# --------------------------------------------------------------------------------------------
+
+
+def _float64_glow(levels=3, learn_prior=True, seed=0) -> Glow:
+    torch.manual_seed(seed)
+    config = GlowConfig(image_shape=(3, 8, 8), levels=levels, steps=2, width=8, learn_prior=learn_prior)
+    model = Glow(config).double()
+    initialize_actnorm(model, preprocess(_images((8, 3, 8, 8), seed=seed + 50), dtype=torch.float64))
+    perturb_parameters(model, 0.03, torch.Generator().manual_seed(seed + 1))
+    return model
+
+
+@pytest.mark.parametrize("levels,learn_prior", [(3, True), (2, False), (1, True)])
+def test_per_level_terms_sum_to_log_pz_and_match_the_latents(levels, learn_prior):
+    model = _float64_glow(levels, learn_prior)
+    x = _images((5, 3, 8, 8), seed=4)
+    result = flow_log_likelihood(model, x, torch.Generator().manual_seed(3), per_level=True)
+    level_keys = [f"log_pz_level{i}" for i in range(levels)]
+    assert set(result) == {"log_px", "log_pz", "logdet", "bpd", "bpd_pz", "bpd_logdet", "z_sqnorm", *level_keys}
+    total = sum(result[k] for k in level_keys)
+    torch.testing.assert_close(total, result["log_pz"], atol=1e-10, rtol=0)
+    # ||z||^2 of the latents forward returns, on the same dequantised input
+    v = preprocess(x, torch.Generator().manual_seed(3), dtype=torch.float64)
+    zs, _ = model(v)
+    torch.testing.assert_close(result["z_sqnorm"], sum(z.flatten(1).pow(2).sum(1) for z in zs))
+    # the top level's term is its prior's Gaussian log-density
+    top = zs[-1]
+    mean = model.top_mean if learn_prior else torch.zeros((), dtype=torch.float64)
+    std = model.top_log_std.exp() if learn_prior else torch.ones((), dtype=torch.float64)
+    expected_top = torch.distributions.Normal(mean.expand_as(top), std.expand_as(top)).log_prob(top).flatten(1).sum(1)
+    torch.testing.assert_close(result[level_keys[-1]], expected_top)
+
+
+def test_score_flow_per_level_keeps_the_other_entries_bit_identical():
+    model = _tiny_glow()  # float32, as trained models are
+    x = _images((10, 3, 8, 8), seed=3)
+    plain = score_flow(model, x, batch_size=4, seed=2)
+    extended = score_flow(model, x, batch_size=4, seed=2, per_level=True)
+    assert set(extended) == set(plain) | {"log_pz_level0", "log_pz_level1", "z_sqnorm"}
+    for key in plain:
+        np.testing.assert_array_equal(extended[key], plain[key])
+    for key in ("log_pz_level0", "log_pz_level1", "z_sqnorm"):
+        assert extended[key].dtype == np.float64 and extended[key].shape == (10,)
+    # float32 pieces cast to float64: the sum agrees to float32 rounding
+    np.testing.assert_allclose(extended["log_pz_level0"] + extended["log_pz_level1"], plain["log_pz"], rtol=1e-5)
+    assert (extended["z_sqnorm"] > 0).all()
+    # the hooks are gone afterwards
+    assert all(not level.split._forward_hooks for level in model.levels if level.split is not None)
+
+
+def test_per_level_needs_a_multiscale_glow():
+    with pytest.raises(TypeError, match="per_level"):
+        flow_log_likelihood(IdentityFlowStandardNormal(), _images((2, 1, 4, 4)), per_level=True)
+    with pytest.raises(TypeError, match="per_level"):
+        score_flow(IdentityFlowStandardNormal(), _images((2, 1, 4, 4)), per_level=True)
