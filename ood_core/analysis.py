@@ -92,6 +92,7 @@ __all__ = [
     "TERM_LABELS",
     "log_prob_contributions",
     "log_prob_breakdown",
+    "prior_fit_table",
     "CouplingView",
     "features_to_image",
     "coupling_view",
@@ -409,6 +410,8 @@ def expected_log_column_sum_sq(num_channels: int) -> float:
 
         E[s^2]     = C * (1 / C) = 1
         E[log s^2] = log C + psi(1/2) - psi(C/2)       (psi: digamma)
+                   = log C - 2 log 2 - sum_{k=1}^{C/2 - 1} 1/k          (C even)
+                   = log C - sum_{k=1}^{(C-1)/2} 2/(2k - 1)             (C odd)
 
     which is negative: by Jensen, ``E log s^2 < log E s^2 = 0`` since ``s^2`` is not constant
     (-1.18 for C = 12; -> psi(1/2) + log 2 = -1.27 as C grows; 0 for C = 1, where W = +-1). A
@@ -419,11 +422,12 @@ def expected_log_column_sum_sq(num_channels: int) -> float:
     without a sign correction is not Haar, but each column is uniform on the sphere up to its
     sign, which ``s^2`` does not see.)
     """
-    from scipy.special import digamma
-
     if not isinstance(num_channels, (int, np.integer)) or num_channels < 1:
         raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
-    return float(math.log(num_channels) + digamma(0.5) - digamma(num_channels / 2.0))
+    c = int(num_channels)
+    if c % 2 == 0:
+        return math.log(c) - 2.0 * _LN2 - math.fsum(1.0 / k for k in range(1, c // 2))
+    return math.log(c) - math.fsum(2.0 / (2 * k - 1) for k in range(1, (c - 1) // 2 + 1))
 
 
 def glow_init_invconv_weights(num_channels: int, k: int, seed: int, lu: bool = True) -> list[torch.Tensor]:
@@ -958,8 +962,8 @@ def log_prob_breakdown(model: nn.Module, x_uint8: torch.Tensor, seed: int = 0, b
     ``dims``. For ``prior_quadratic`` that is ``-½ mean((z-μ)/σ)²`` over the level's latents
     (``-½`` for a latent that fits its prior), for ``prior_log_std`` ``-mean log σ``: a bits/dim
     in the millions shows up as a standardised latent of size ~``sqrt(2 ln 2 * bpd)``, and these
-    two columns tell a latent that exploded from a prior scale that collapsed. ``attrs``:
-    ``bpd`` (the mean total) and ``num_dims``.
+    two columns give a first hint whether a latent exploded or a prior scale collapsed
+    (:func:`prior_fit_table` tells them apart). ``attrs``: ``bpd`` (the mean total) and ``num_dims``.
     """
     model = _glow_model(model)
     bits = log_prob_contributions(model, x_uint8, seed=seed, batch_size=batch_size, n_bits=n_bits)
@@ -977,6 +981,78 @@ def log_prob_breakdown(model: nn.Module, x_uint8: torch.Tensor, seed: int = 0, b
     table = pd.DataFrame(rows).set_index(["level", "term"])
     table.attrs.update({"bpd": float(bits.to_numpy().sum(1).mean()), "num_dims": num_dims})
     return table
+
+
+def _latents_with_priors(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Per level ``(z, mean, log_std, conditioner)``: the latent, its prior's parameters and the kept
+    half they are computed from (``None`` for the top latent's unconditional prior)."""
+    out = []
+    h = x
+    for level in model.levels:
+        h, _ = level.squeeze(h)
+        for step in level.steps:
+            h, _ = step(h)
+        if level.split is not None:
+            (h, z), _ = level.split(h)
+            out.append((z, *level.split.prior_params(h), h))
+    out.append((h, *model._top_prior_params(h), None))
+    return out
+
+
+def prior_fit_table(model: nn.Module, x_uint8: torch.Tensor, seed: int = 0, batch_size: int = 256,
+                    n_bits: int | None = None, top_share: float = 0.01) -> pd.DataFrame:
+    """How each level's latent sits in its prior: separates an exploded latent from a collapsed prior scale.
+
+    The quadratic term of :func:`log_prob_breakdown`, ``-½ ((z - μ) / σ)²``, can be huge because
+    ``z - μ`` is huge or because the learned (conditional) prior's ``σ`` is tiny somewhere. Per
+    level (0-based, the top latent last), pooled over all images and latent dimensions (same
+    dequantisation as :func:`ood_core.likelihood.score_flow` for ``seed`` and ``batch_size``):
+
+    * ``rms z``, ``rms μ``, ``rms (z-μ)``; ``rms conditioner``: the kept half the conditional
+      prior's network reads (NaN at the top, whose prior is a constant per channel);
+    * ``log σ min``, ``log σ median``, ``log σ max``;
+    * ``mean ((z-μ)/σ)²`` (``= -2 x`` the breakdown's ``nats per dim`` of ``prior_quadratic``;
+      about 1 when the latent fits its prior);
+    * ``top share``: the fraction of ``sum ((z-μ)/σ)²`` carried by its largest ``top_share``
+      (default 1 %) entries: close to 1 when a few dimensions with a collapsed ``σ`` carry it.
+    """
+    model = _glow_model(model)
+    _check_images(x_uint8)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not 0 < top_share <= 1:
+        raise ValueError(f"top_share must be in (0, 1], got {top_share}")
+    n_bits = getattr(model.config, "n_bits", 8) if n_bits is None else n_bits
+    device, dtype = _device_dtype(model)
+    generator = torch.Generator().manual_seed(seed)
+    pooled: list[dict[str, list[torch.Tensor]]] = [{} for _ in model.levels]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x_uint8), batch_size):
+                batch = x_uint8[start:start + batch_size].to(device)
+                x = likelihood.preprocess(batch, generator=generator, n_bits=n_bits, dtype=dtype)
+                for store, (z, mean, log_std, cond) in zip(pooled, _latents_with_priors(model, x)):
+                    parts = {"z": z, "mean": mean, "log_std": log_std}
+                    if cond is not None:
+                        parts["cond"] = cond
+                    for key, value in parts.items():
+                        store.setdefault(key, []).append(value.double().flatten().cpu())
+    finally:
+        model.train(was_training)
+    rows = []
+    for level, store in enumerate(pooled):
+        z, mean, log_std = (torch.cat(store[k]) for k in ("z", "mean", "log_std"))
+        quad = ((z - mean) * torch.exp(-log_std)) ** 2
+        top = max(1, int(round(top_share * quad.numel())))
+        rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
+        rows.append({"level": level, "rms z": rms(z), "rms μ": rms(mean), "rms (z-μ)": rms(z - mean),
+                     "rms conditioner": rms(torch.cat(store["cond"])) if "cond" in store else float("nan"),
+                     "log σ min": float(log_std.min()), "log σ median": float(log_std.median()),
+                     "log σ max": float(log_std.max()), "mean ((z-μ)/σ)²": float(quad.mean()),
+                     "top share": float(torch.topk(quad, top).values.sum() / quad.sum())})
+    return pd.DataFrame(rows).set_index("level")
 
 
 # --------------------------------------------------------------------------------------------

@@ -534,6 +534,11 @@ def test_expected_log_column_sum_sq_closed_form_and_monte_carlo():
     # C = 2: s = cos t + sin t = sqrt 2 cos(t - pi/4), E log s^2 = log 2 + E log cos^2 = log 2 - 2 log 2
     assert an.expected_log_column_sum_sq(2) == pytest.approx(-math.log(2.0), rel=1e-12)
     assert an.expected_log_column_sum_sq(12) == pytest.approx(-1.18472, abs=1e-5)
+    from scipy.special import digamma  # the digamma form, for odd and even C
+
+    for c in (3, 4, 5, 12, 13, 48):
+        assert an.expected_log_column_sum_sq(c) == pytest.approx(math.log(c) + digamma(0.5) - digamma(c / 2), rel=1e-12)
+    assert an.expected_log_column_sum_sq(4) == pytest.approx(-1.0, rel=1e-12)
     first_columns = torch.stack([w.sum(0)[0] for w in an.glow_init_invconv_weights(12, 3000, seed=3)]) ** 2
     log_s2 = torch.log(first_columns)
     assert abs(float(log_s2.mean()) - an.expected_log_column_sum_sq(12)) < 3 * float(log_s2.std()) / math.sqrt(3000)
@@ -652,6 +657,35 @@ def test_log_prob_breakdown_quadratic_term_is_half_the_squared_standardised_late
         assert table.loc[(level, "prior_quadratic"), "nats per dim"] == pytest.approx(
             -0.5 * float((z.detach() ** 2).mean()), rel=1e-12)
         assert table.loc[(level, "prior_log_std"), "bits/dim"] == 0.0
+
+
+def test_prior_fit_table_against_the_breakdown_and_a_fixed_prior():
+    model = _tiny_glow("affine", levels=2, shape=(3, 4, 4), seed=11, scale=0.05)
+    x = _images(6, (3, 4, 4), seed=107)
+    fit = an.prior_fit_table(model, x, seed=2, batch_size=4)
+    breakdown = an.log_prob_breakdown(model, x, seed=2, batch_size=4)
+    for level in (0, 1):
+        assert fit.loc[level, "mean ((z-μ)/σ)²"] == pytest.approx(
+            -2 * breakdown.loc[(level, "prior_quadratic"), "nats per dim"], rel=1e-10)
+        assert fit.loc[level, "log σ min"] <= fit.loc[level, "log σ median"] <= fit.loc[level, "log σ max"]
+        assert 0.01 <= fit.loc[level, "top share"] <= 1.0
+    assert np.isnan(fit.loc[1, "rms conditioner"]) and fit.loc[0, "rms conditioner"] > 0
+    # the top prior is per channel: its log σ range is that of the parameter
+    top = model.top_log_std.detach()
+    assert fit.loc[1, "log σ min"] == pytest.approx(float(top.min()))
+    assert fit.loc[1, "log σ max"] == pytest.approx(float(top.max()))
+
+    fixed = _tiny_glow("additive", levels=2, shape=(1, 4, 4), learn_prior=False, scale=0.05)
+    table = an.prior_fit_table(fixed, x[:, :1], seed=0, batch_size=6, top_share=1.0)
+    from ood_core.likelihood import preprocess
+
+    zs, _ = fixed(preprocess(x[:, :1], generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    for level, z in enumerate(zs):
+        z = z.detach()
+        assert table.loc[level, "rms μ"] == 0.0 and table.loc[level, "log σ max"] == 0.0
+        assert table.loc[level, "rms z"] == pytest.approx(float(z.pow(2).mean().sqrt()), rel=1e-12)
+        assert table.loc[level, "mean ((z-μ)/σ)²"] == pytest.approx(float(z.pow(2).mean()), rel=1e-12)
+        assert table.loc[level, "top share"] == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------------------------
