@@ -608,7 +608,8 @@ def test_second_order_and_curvature_tables_carry_the_linearised_exact_columns():
     x0 = an.model_space_mean(sets["ID"])
     curv = an.curvature_table(model, x0, n_probes=6, generator=_gen(97))
     zero = torch.zeros(1, 4, 4, dtype=torch.float64)
-    np.testing.assert_allclose(curv["linearised exact (σ=1)"], an.cv_glow_linearised_exact(model, zero, zero).curvature)
+    np.testing.assert_allclose(curv["linearised exact (σ=1)"],
+                               an.cv_glow_linearised_exact(model, zero, zero).curvature)
     np.testing.assert_allclose(curv["closed form (learned σ)"] * curv.attrs["sigma_learned"] ** 2,
                                an.cv_glow_closed_form(model, zero, zero).curvature, rtol=1e-12)
     hutch = an.channel_curvature(model, x0, n_probes=6, generator=_gen(97))
@@ -765,7 +766,8 @@ def test_coupling_view_prediction_output_and_pullback():
         assert not (torch.isfinite(view.conditioner_image) & torch.isfinite(view.target_image)).any()
     # level 0, one gray channel: x_a = squeezed channels 0, 1 = the top row of each 2x2 block
     view = an.coupling_view(model, x, 0, 0)
-    assert torch.isfinite(view.conditioner_image[:, 0, 0::2]).all() and torch.isnan(view.conditioner_image[:, 0, 1::2]).all()
+    assert torch.isfinite(view.conditioner_image[:, 0, 0::2]).all()
+    assert torch.isnan(view.conditioner_image[:, 0, 1::2]).all()
     torch.testing.assert_close(view.conditioner_image[:, 0, 0::2, 0::2], view.conditioner[:, 0])
     torch.testing.assert_close(view.conditioner_image[:, 0, 0::2, 1::2], view.conditioner[:, 1])
     torch.testing.assert_close(view.target_image[:, 0, 1::2, 1::2], view.target[:, 1])
