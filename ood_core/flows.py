@@ -51,7 +51,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +76,19 @@ __all__ = [
     "build_glow",
     "initialize_actnorm",
     "gaussian_log_prob",
+    "FlowTerm",
+    "PRIOR_TERMS",
+    "LAYER_TERMS",
 ]
 
 COUPLINGS = ("affine", "additive")
 _LOG_2PI = math.log(2.0 * math.pi)
+
+#: The three parts of a Gaussian prior's ``log N(z; m, s^2)`` in :meth:`Glow.log_prob_terms`:
+#: ``-1/2 log(2 pi)`` per dimension, ``-log s``, and ``-1/2 ((z - m) / s)^2``, each summed.
+PRIOR_TERMS = ("prior_constant", "prior_log_std", "prior_quadratic")
+#: The log-dets of the three layers of a flow step, in the order they are applied.
+LAYER_TERMS = ("actnorm", "invconv", "coupling")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,6 +168,27 @@ def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
     """
     per_dim = -0.5 * (_LOG_2PI + 2.0 * log_std + (z - mean) ** 2 * torch.exp(-2.0 * log_std))
     return per_dim.flatten(1).sum(1)
+
+
+class FlowTerm(NamedTuple):
+    """One additive term of ``log p(x)`` (nats, ``[B]``) from :meth:`Glow.log_prob_terms`.
+
+    ``level``: 0-based level index; ``step``: 0-based flow step within the level (``None`` for a
+    prior term); ``kind``: one of :data:`PRIOR_TERMS` or :data:`LAYER_TERMS`.
+    """
+
+    level: int
+    step: int | None
+    kind: str
+    value: torch.Tensor
+
+
+def _gaussian_terms(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The :data:`PRIOR_TERMS` of ``gaussian_log_prob(z, mean, log_std)``, each ``[B]``; they sum to it."""
+    constant = -0.5 * _LOG_2PI * z[0].numel() * z.new_ones(z.shape[0])
+    log_std_term = -log_std.flatten(1).sum(1)
+    quadratic = -0.5 * ((z - mean) ** 2 * torch.exp(-2.0 * log_std)).flatten(1).sum(1)
+    return constant, log_std_term, quadratic
 
 
 def _batch_zeros(x: torch.Tensor) -> torch.Tensor:
@@ -588,8 +618,10 @@ class Glow(nn.Module):
         return self.top_mean.expand_as(like), self.top_log_std.expand_as(like)
 
     def _encode(
-        self, x: torch.Tensor, with_prior: bool
+        self, x: torch.Tensor, with_prior: bool, terms: list[FlowTerm] | None = None
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Latents, log-det and (``with_prior``) ``log_pz``; ``terms``, when a list, collects every
+        :class:`FlowTerm` (layer log-dets one by one; prior parts with ``with_prior``)."""
         expected = self.config.image_shape
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"Glow expects input of shape [B, {expected}], got {tuple(x.shape)}")
@@ -597,11 +629,18 @@ class Glow(nn.Module):
         log_pz = _batch_zeros(x) if with_prior else None
         zs = []
         h = x
-        for level in self.levels:
+        for index, level in enumerate(self.levels):
             h, ld = level.squeeze(h)
             logdet = logdet + ld
-            for step in level.steps:
-                h, ld = step(h)
+            for step_index, step in enumerate(level.steps):
+                if terms is None:
+                    h, ld = step(h)
+                else:  # the same three layers as FlowStep.forward, their log-dets kept apart
+                    ld = _batch_zeros(h)
+                    for kind, layer in zip(LAYER_TERMS, (step.actnorm, step.invconv, step.coupling)):
+                        h, layer_ld = layer(h)
+                        terms.append(FlowTerm(index, step_index, kind, layer_ld))
+                        ld = ld + layer_ld
                 logdet = logdet + ld
             if level.split is not None:
                 (h, z), ld = level.split(h)
@@ -609,10 +648,16 @@ class Glow(nn.Module):
                 zs.append(z)
                 if with_prior:
                     log_pz = log_pz + level.split.log_prob(h, z)
+                    if terms is not None:
+                        parts = _gaussian_terms(z, *level.split.prior_params(h))
+                        terms.extend(FlowTerm(index, None, k, v) for k, v in zip(PRIOR_TERMS, parts))
         zs.append(h)
         if with_prior:
             mean, log_std = self._top_prior_params(h)
             log_pz = log_pz + gaussian_log_prob(h, mean, log_std)
+            if terms is not None:
+                parts = _gaussian_terms(h, mean, log_std)
+                terms.extend(FlowTerm(len(self.levels) - 1, None, k, v) for k, v in zip(PRIOR_TERMS, parts))
         return zs, logdet, log_pz
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -627,6 +672,24 @@ class Glow(nn.Module):
         """
         _, logdet, log_pz = self._encode(x, with_prior=True)
         return log_pz, logdet
+
+    def log_prob_terms(self, x: torch.Tensor) -> list[FlowTerm]:
+        """Every additive term of ``log p(x)`` (nats, ``[B]`` each), for ``x`` in the model input space.
+
+        Per level (0-based), in the order of the forward pass: the log-det of each flow step's
+        ActNorm, 1x1 conv and coupling (kinds :data:`LAYER_TERMS`, with the step index), then
+        the level's prior split into :data:`PRIOR_TERMS`::
+
+            log N(z; m, s^2) = sum [-1/2 log(2 pi)] + sum [-log s] + sum [-1/2 ((z - m) / s)^2]
+
+        (the split latent under its conditional prior; the top latent under the top prior, as the
+        last level's terms). Squeeze and split have log-det 0 and are left out. The log-dets sum
+        to ``forward``'s ``logdet``, the prior terms to ``log_pz``, all of them to
+        :meth:`log_prob` (up to the order of floating-point additions).
+        """
+        terms: list[FlowTerm] = []
+        self._encode(x, with_prior=True, terms=terms)
+        return terms
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x) = log_pz + logdet`` in nats, ``[B]`` (density in the model input space)."""
@@ -677,6 +740,31 @@ class Glow(nn.Module):
                 got = [tuple(z.shape[1:]) for z in zs]
                 raise ValueError(f"latent shapes {got} != expected {self._latent_shapes}")
         return self._decode(list(zs), 1.0, None, zs[-1])
+
+    def decode(
+        self,
+        zs: Sequence[torch.Tensor | None],
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` (model input space) from latents, some of which may be ``None``.
+
+        ``zs`` is ordered as :meth:`forward` returns them (one per level, the top latent last);
+        a ``None`` entry is drawn from its prior, top-down, as ``mean + temperature * std * eps``
+        (``temperature=0``: the prior mean), conditioned on the latents above it. With no
+        ``None`` entry this is :meth:`inverse` without the log-det. At least one latent must be
+        given (it fixes the batch size, device and dtype).
+        """
+        if len(zs) != len(self._latent_shapes):
+            raise ValueError(f"Glow.decode expects {len(self._latent_shapes)} latents (None to sample), got {len(zs)}")
+        given = [z for z in zs if z is not None]
+        if not given:
+            raise ValueError("Glow.decode needs at least one latent; use Glow.sample to sample all of them")
+        for z, shape in zip(zs, self._latent_shapes):
+            if z is not None and (z.dim() != 4 or tuple(z.shape[1:]) != shape):
+                raise ValueError(f"latent shaped {tuple(z.shape)} where [B, {shape}] is expected")
+        x, _ = self._decode(list(zs), temperature, generator, given[0].new_zeros(given[0].shape[0]))
+        return x
 
     @torch.no_grad()
     def sample(

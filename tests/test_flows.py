@@ -10,6 +10,8 @@ import torch
 
 from _flow_checks import check_flow, jacobian_logdet, perturb_parameters
 from ood_core.flows import (
+    LAYER_TERMS,
+    PRIOR_TERMS,
     ActNorm,
     Coupling,
     FlowStep,
@@ -354,6 +356,57 @@ def test_glow_prior_is_gaussian_of_the_latents():
     split_part = torch.distributions.Normal(mean, log_std.exp()).log_prob(zs[0]).flatten(1).sum(1)
     top_part = torch.distributions.Normal(model.top_mean, model.top_log_std.exp()).log_prob(zs[1])
     torch.testing.assert_close(log_pz, split_part + top_part.flatten(1).sum(1))
+
+
+@pytest.mark.parametrize("coupling,levels", [("affine", 2), ("additive", 3), ("affine", 1)])
+def test_log_prob_terms_sum_to_the_log_density_and_match_each_layer(coupling, levels):
+    config = GlowConfig(image_shape=(3, 8, 8), levels=levels, steps=2, width=4, coupling=coupling)
+    model = _ready_glow(config, scale=0.1)
+    x = _data((3, 3, 8, 8), seed=21) * 0.3
+    terms = model.log_prob_terms(x)
+    assert all(t.value.shape == (3,) and t.value.dtype == torch.float64 for t in terms)
+    # every level has K * 3 layer terms and 3 prior terms, in forward order
+    assert [(t.level, t.step, t.kind) for t in terms] == [
+        (lvl, step, kind) for lvl in range(levels)
+        for step, kind in [(s, k) for s in range(2) for k in LAYER_TERMS] + [(None, k) for k in PRIOR_TERMS]]
+    log_pz, logdet = model.log_prob_parts(x)
+    total = sum(t.value for t in terms)
+    torch.testing.assert_close(total, model.log_prob(x), atol=1e-10, rtol=1e-12)
+    torch.testing.assert_close(sum(t.value for t in terms if t.kind in LAYER_TERMS), logdet, atol=1e-10, rtol=1e-12)
+    torch.testing.assert_close(sum(t.value for t in terms if t.kind in PRIOR_TERMS), log_pz, atol=1e-10, rtol=1e-12)
+    # each layer term is that layer's own log-det: ActNorm H W sum(log a), 1x1 conv H W log|det W|
+    for t in terms:
+        if t.kind in ("actnorm", "invconv"):
+            step = model.levels[t.level].steps[t.step]
+            size = (8 // 2 ** (t.level + 1)) ** 2
+            if t.kind == "actnorm":
+                expected = size * step.actnorm.log_scale.sum()
+            else:
+                expected = size * torch.linalg.slogdet(step.invconv.weight())[1]
+            torch.testing.assert_close(t.value, expected.expand(3), atol=1e-10, rtol=0)
+        if t.kind == "coupling" and coupling == "additive":
+            assert torch.equal(t.value, torch.zeros(3, dtype=torch.float64))
+    # the constant part is -1/2 log(2 pi) per latent dimension of the level
+    shapes = model.latent_shapes()
+    for t in terms:
+        if t.kind == "prior_constant":
+            dims = math.prod(shapes[t.level])
+            torch.testing.assert_close(t.value, torch.full((3,), -0.5 * math.log(2 * math.pi) * dims,
+                                                           dtype=torch.float64))
+    # the default forward pass is unchanged by the bookkeeping
+    zs, ld = model(x)
+    torch.testing.assert_close(ld, logdet, atol=0, rtol=0)
+
+
+def test_log_prob_terms_prior_parts_against_a_fixed_prior():
+    model = _ready_glow(_tiny_config(learn_prior=False))
+    x = _data((2, 1, 8, 8), seed=22) * 0.3
+    zs, _ = model(x)
+    terms = model.log_prob_terms(x)
+    for level, z in enumerate(zs):  # N(0, I): no log-std part, the quadratic part is -|z|^2 / 2
+        parts = {t.kind: t.value for t in terms if t.level == level and t.step is None}
+        torch.testing.assert_close(parts["prior_quadratic"], -0.5 * (z**2).flatten(1).sum(1))
+        assert torch.equal(parts["prior_log_std"], torch.zeros(2, dtype=torch.float64))
 
 
 def test_gaussian_log_prob_closed_form():
