@@ -94,7 +94,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "per-example exact log-likelihoods of a PixelCNN on one image set"),
     Kind("classifier_features", 2, ("ood_core.classifiers", "ood_core.scores:compute_logits_and_features"),
          "penultimate features and logits of one image set"),
-    Kind("classifier_tables", 2, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
+    Kind("classifier_tables", 3, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
                                   "ood_core.classifier_study"),
          "benchmark, percentile-sweep, local-vs-global and where-to-ASH tables of one evaluation"),
     Kind("evidence", 1, ("ood_core.claims",), "the measured evidence of one claim, recorded by a chapter"),

@@ -42,7 +42,7 @@ PAPER_CIFAR10 = {
 PAPER_METHODS = ("msp", "max_logit", "energy", "odin", "react", "dice", "mahalanobis", "ash_p@90", "ash_b@95",
                  "ash_s@95", "ash_rand@90", "ash_s@95+react", "ash_s@95+dice")
 
-SHAPER_NAMES = {"ash_p": "ASH-P", "ash_b": "ASH-B", "ash_s": "ASH-S", "ash_rand": "ASH-RAND"}
+SHAPER_NAMES = {"ash_p": "ASH-P", "ash_b": "ASH-B", "ash_s": "ASH-S", "ash_rand": "ASH-RAND", "scale": "SCALE"}
 
 
 def paper_methods() -> list[str]:
@@ -171,31 +171,45 @@ def percentile_sweep(suite: detectors.Suite, percentiles, shapers=("ash_p", "ash
     return pd.DataFrame(rows)
 
 
+def _shaped(name: str, f: torch.Tensor, percentile: float | None = None, threshold: float | None = None):
+    """``(shaped features or ASH-S/SCALE base, log-scale r or None)`` for a local or a global threshold."""
+    if threshold is None:
+        if name in ash.EXP_SCALED_PARTS:
+            return ash.EXP_SCALED_PARTS[name](f, percentile)
+        return ash.make_shaper(name, percentile)(f), None
+    if name == "ash_s":
+        return ash.ash_s_global_parts(f, threshold)
+    return {"ash_p": ash.ash_p_global, "ash_b": ash.ash_b_global}[name](f, threshold), None
+
+
+def _logits(model, shaped: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
+    """The head's logits of shaped features; ``base * exp(r)`` exactly, in float64 (ASH-S, SCALE)."""
+    return model.head(shaped) if r is None else scores.exp_scaled_logits(model, shaped, r)
+
+
 def local_vs_global(suite: detectors.Suite, percentiles, shapers=("ash_p", "ash_b", "ash_s")) -> pd.DataFrame:
     """Per-sample (local) threshold vs one global threshold from ID training activations.
 
     At percentile ``p`` the global threshold is the ``p``-th percentile of *all* training
     activation values, so both prune the same fraction of activations on ID training data on
     average ("matched pruning levels"); the local variant prunes exactly ``p`` % of each sample.
+    ASH-S's rescaling is evaluated exactly (float64 logits) in both variants.
     """
     clf = suite.ctx.require_classifier()
     model = clf.model_cpu
     train_features = torch.from_numpy(clf.fit_feats["features"])
-    keys = suite.ctx.keys
     rows = []
-    global_fns = {"ash_p": ash.ash_p_global, "ash_b": ash.ash_b_global, "ash_s": ash.ash_s_global}
-    f_id = torch.from_numpy(clf.id_feats["features"])
     for name in shapers:
         for p in percentiles:
             t = ash.global_threshold(train_features, p)
-            for variant, fn in (("local (per sample)", ash.make_shaper(name, p)),
-                                ("global (from ID train)", lambda f, t=t, g=global_fns[name]: g(f, t))):
+            for variant, kw in (("local (per sample)", {"percentile": p}), ("global (from ID train)", {"threshold": t})):
                 with torch.no_grad():
-                    sc = {k: scores.energy(model.head(fn(torch.from_numpy(suite.ctx.features(k)["features"])))).numpy()
-                          for k in keys}
-                    fs = fn(f_id)
-                    acc = 100.0 * (model.head(fs).argmax(1).numpy() == clf.id_feats["y"]).mean()
-                    pruned = 100.0 * (fs == 0).float().mean().item()
+                    logits = {k: _logits(model, *_shaped(name, torch.from_numpy(suite.ctx.features(k)["features"]), **kw))
+                              for k in suite.ctx.keys}
+                    sc = {k: scores.energy(v).numpy() for k, v in logits.items()}
+                    acc = 100.0 * (logits[names.ID_TEST].argmax(1).numpy() == clf.id_feats["y"]).mean()
+                    shaped, _ = _shaped(name, torch.from_numpy(clf.id_feats["features"]), **kw)
+                    pruned = 100.0 * (shaped == 0).float().mean().item()
                 mean = _mean_metrics(sc, suite.ctx.ood_keys)
                 rows.append({"shaper": SHAPER_NAMES[name], "percentile": p, "threshold": variant,
                              names.FPR95: mean[names.FPR95], names.AUROC: mean[names.AUROC], names.ID_ACCURACY: acc,

@@ -31,6 +31,7 @@ metrics implementation (:mod:`ood_core.metrics`, ID = positive class).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -288,6 +289,10 @@ class Pipeline(ClassifierDetector):
         f = torch.from_numpy(feats["features"])
         if self.react_ is not None:
             f = self.react_.transform(f)
+        if self.shaper_part is not None and self.shaper_part.name in ash.EXP_SCALED_PARTS:
+            # ASH-S / SCALE: base * exp(r) through a linear head in float64, exact for every p
+            base, r = ash.EXP_SCALED_PARTS[self.shaper_part.name](f, self.shaper_part.percentile)
+            return scores.exp_scaled_logits(model, base, r, mask=self.dice_.mask_ if self.dice_ is not None else None)
         shaper = self._shaper()
         if self.dice_ is not None:
             return self.dice_.logits(model, f, shaper=shaper)
@@ -295,6 +300,21 @@ class Pipeline(ClassifierDetector):
 
     def score_features(self, feats, model):
         return scores.energy(self.logits(feats, model))
+
+
+class Estimator(ClassifierDetector):
+    """A fitted feature-space detector of :mod:`ood_core.scores` (KNN, ViM, fDBD, NNGuide)."""
+
+    def __init__(self, make: Callable[[], Any], fit: Callable, score: Callable):
+        self.make, self._fit, self._score = make, fit, score
+
+    def fit_features(self, fit, model):
+        self.estimator_ = self._fit(self.make(), torch.from_numpy(fit["features"]), torch.from_numpy(fit["logits"]),
+                                    model)
+
+    def score_features(self, feats, model):
+        return self._score(self.estimator_, torch.from_numpy(feats["features"]), torch.from_numpy(feats["logits"]),
+                           model)
 
 
 class Mahalanobis(ClassifierDetector):
@@ -395,7 +415,12 @@ def _pipeline(spec: Spec) -> Pipeline:
 
 
 def _fixed(title: str) -> Callable[[Spec], str]:
-    return lambda spec: title
+    """``title``, with the options that differ from their defaults: ``"KNN (k=5)"``."""
+    def fn(spec: Spec) -> str:
+        part = spec.parts[0]
+        changed = [f"{k}={v}" for k, v in part.options if v != REGISTRY[part.name].options.get(k)]
+        return f"{title} ({', '.join(changed)})" if changed else title
+    return fn
 
 
 def _with_p(title: str, default: float) -> Callable[[Spec], str]:
@@ -427,6 +452,10 @@ def _pipeline_title(spec: Spec) -> str:
     return " + ".join(_with_p(_PART_TITLES[p.name], REGISTRY[p.name].percentile)(Spec((p,))) for p in spec.parts)
 
 
+def _top_m(value) -> int | None:
+    return None if value == "all" else int(value)
+
+
 def _codec_title(spec: Spec) -> str:
     return f"input complexity ({spec.parts[0].option('codec')})"
 
@@ -450,6 +479,24 @@ REGISTRY: dict[str, Entry] = {
     "ash_s": Entry(_pipeline, _shaped_title("ASH-S"), role="shaper", percentile=95.0, doc="ASH-S (Djurisic et al. 2023)"),
     "ash_rand": Entry(_pipeline, _shaped_title("ASH-RAND"), role="shaper", percentile=90.0,
                       doc="ASH-RAND (Djurisic et al. 2023), U(0, 10) at kept positions"),
+    "scale": Entry(_pipeline, _shaped_title("SCALE"), role="shaper", percentile=85.0,
+                   doc="SCALE (Xu et al. 2024): ASH-S's exp(s1/s2) on the unpruned features"),
+    # successors of ASH on features and logits
+    "gen": Entry(lambda s: LogitScore(functools.partial(scores.gen, gamma=s.parts[0].option("gamma"),
+                                                        top_m=_top_m(s.parts[0].option("top_m")))),
+                 _fixed("GEN"), options={"gamma": 0.1, "top_m": "all"}, doc="generalized entropy (Liu et al. 2023)"),
+    "knn": Entry(lambda s: Estimator(lambda: scores.KNN(k=s.parts[0].option("k")),
+                                     lambda e, f, lg, m: e.fit(f), lambda e, f, lg, m: e.score(f)),
+                 _fixed("KNN"), options={"k": 50},
+                 doc="k-th nearest normalised ID training feature (Sun et al. 2022)"),
+    "vim": Entry(lambda s: Estimator(lambda: scores.ViM(dim=s.parts[0].option("dim") or None),
+                                     lambda e, f, lg, m: e.fit(f, m), lambda e, f, lg, m: e.score(m, f)),
+                 _fixed("ViM"), options={"dim": 0}, doc="virtual-logit matching (Wang et al. 2022); dim 0 = auto"),
+    "fdbd": Entry(lambda s: Estimator(scores.FDBD, lambda e, f, lg, m: e.fit(f), lambda e, f, lg, m: e.score(m, f)),
+                  _fixed("fDBD"), doc="feature distance to decision boundaries (Liu & Qin 2024)"),
+    "nnguide": Entry(lambda s: Estimator(lambda: scores.NNGuide(k=s.parts[0].option("k")),
+                                         lambda e, f, lg, m: e.fit(f, lg), lambda e, f, lg, m: e.score(f, lg)),
+                     _fixed("NNGuide"), options={"k": 10}, doc="nearest-neighbour guidance (Park et al. 2023)"),
     # generative detectors
     **{role: Entry(lambda s, role=role: LogLikelihood(role), _fixed(f"{title} log p"), family=names.GENERATIVE,
                    doc=f"{title} log-likelihood (Nalisnick et al. 2019)") for role, title in _ROLE_TITLES.items()},

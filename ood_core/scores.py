@@ -63,6 +63,7 @@ __all__ = [
     "compute_logits_and_features",
     "energy",
     "exp_scaled_energy",
+    "exp_scaled_logits",
     "gen",
     "logits_from_features",
     "max_logit",
@@ -358,18 +359,18 @@ def _check_head_is_fc(classifier: nn.Module, fc: nn.Linear, probe: Tensor) -> No
         )
 
 
-def exp_scaled_energy(classifier: nn.Module, base: Any, log_scale: Any) -> Tensor:
-    """``energy(head(base * exp(r)))`` in float64, for a linear head: the uncapped ASH-S/SCALE score.
+def exp_scaled_logits(classifier: nn.Module, base: Any, log_scale: Any, mask: Tensor | None = None) -> Tensor:
+    """``head(base * exp(r))`` in float64 for a linear head: the uncapped logits of ASH-S/SCALE.
 
-    With ``head(f) = W f + b`` (the classifier's ``fc``), ``head(base * e^r) = e^r (W base) + b``;
-    this evaluates those logits and their logsumexp in float64, so the result is the paper's
-    formula for exponents ``r`` up to :func:`ood_core.ash.max_log_scale` of float64 (~681; float32
-    would overflow past ~88). Above that even the float64 logits overflow: ``r`` is capped there,
-    with a logged warning (:func:`ood_core.ash.capped` says where). ``base`` ``[B, D]`` and ``r``
-    ``[B]`` come from :func:`ood_core.ash.ash_s_parts`, :func:`~ood_core.ash.scale_parts` or
+    With ``head(f) = W f + b`` (the classifier's ``fc``; ``W * mask`` for DICE's sparsified layer),
+    ``head(base * e^r) = e^r (W base) + b``: evaluated in float64, this is the paper's formula for
+    exponents ``r`` up to :func:`ood_core.ash.max_log_scale` of float64 (~681; float32 would
+    overflow past ~88). Above that even float64 overflows: ``r`` is capped there, with a logged
+    warning (:func:`ood_core.ash.capped` says where). ``base`` ``[B, D]`` and ``r`` ``[B]`` come
+    from :func:`ood_core.ash.ash_s_parts`, :func:`~ood_core.ash.scale_parts` or
     :func:`~ood_core.ash.ash_s_global_parts`. ``classifier`` is a model with ``fc`` and ``head``
-    (checked to agree on ``base``: eval mode) or an ``nn.Linear``. Returns float64 ``[B]`` on the
-    classifier's device (CPU for MPS), since the energies can exceed float32's range.
+    (checked to agree on ``base``: eval mode) or an ``nn.Linear``. Returns float64 ``[B, K]`` on
+    the classifier's device (CPU for MPS), since the logits can exceed float32's range.
     """
     fc = _final_linear(classifier)
     x_hat = _features_on(fc, base)
@@ -383,19 +384,25 @@ def exp_scaled_energy(classifier: nn.Module, base: Any, log_scale: Any) -> Tenso
     over = r > cap
     if bool(over.any()):
         logger.warning(
-            "exp_scaled_energy: exponent above %.1f for %d of %d samples (max %.1f): even float64 "
+            "exp_scaled_logits: exponent above %.1f for %d of %d samples (max %.1f): even float64 "
             "logits would overflow; those samples use exp(%.1f)",
             cap, int(over.sum()), over.numel(), float(r.max()), cap,
         )
     weight = fc.weight.detach().to(device=device, dtype=torch.float64)
+    if mask is not None:
+        weight = weight * mask.to(device=device, dtype=torch.float64)
     bias = (
         fc.bias.detach().to(device=device, dtype=torch.float64)
         if fc.bias is not None
         else torch.zeros(weight.shape[0], dtype=torch.float64, device=device)
     )
     direction = x_hat.to(device=device, dtype=torch.float64) @ weight.T
-    logits = torch.exp(r.clamp(max=cap))[:, None] * direction + bias
-    return torch.logsumexp(logits, dim=1)
+    return torch.exp(r.clamp(max=cap))[:, None] * direction + bias
+
+
+def exp_scaled_energy(classifier: nn.Module, base: Any, log_scale: Any) -> Tensor:
+    """``energy(head(base * exp(r)))`` in float64: the logsumexp of :func:`exp_scaled_logits`."""
+    return torch.logsumexp(exp_scaled_logits(classifier, base, log_scale), dim=1)
 
 
 def ash_energy(

@@ -170,3 +170,73 @@ def test_seed_table_and_summary_agree_with_numpy():
     summ = detectors.seed_summary(long).iloc[0]
     assert summ["mean"] == pytest.approx(np.mean(aucs)) and summ["std"] == pytest.approx(np.std(aucs, ddof=1))
     assert summ["seeds"] == 3 and summ["min"] == pytest.approx(min(aucs))
+
+
+# ------------------------------------------------------------------------------ successors and exact ASH-S
+
+class _Linear(torch.nn.Module):
+    """A 'classifier' whose penultimate features are given: head = fc (the contract of ood_core.classifiers)."""
+
+    def __init__(self, d=512, k=10):
+        super().__init__()
+        self.fc = torch.nn.Linear(d, k)
+
+    def head(self, f):
+        return self.fc(f)
+
+
+def _feature_eval(d=512, seed=0):
+    """A ClassifierEvaluation on hand-made post-ReLU features (spread mass: s1/s2 ~ 100 at p = 99)."""
+    g = torch.Generator().manual_seed(seed)
+    model = _Linear(d).eval()
+
+    def feats(n, scale):
+        f = (1.0 + 0.05 * torch.rand(n, d, generator=g)) * scale  # flat: s1/s2 close to n/k
+        with torch.no_grad():
+            logits = model.head(f)
+        return {"features": f.numpy(), "logits": logits.numpy(), "y": logits.argmax(1).numpy()}
+
+    def images(n, s):
+        return data.synthetic("uniform", n, (1, 4, 4), seed=s)
+
+    from ood_core.experiment import Trained
+    return cs.ClassifierEvaluation(Trained(None, model, None), images(40, 1), {"ood": images(30, 2)}, {},
+                                   feats(200, 1.0), feats(40, 1.0), {"ood": feats(30, 2.0)})
+
+
+def test_ash_s_and_scale_scores_are_the_exact_formula_at_p99():
+    ev = _feature_eval()
+    f = ev.id_feats["features"].astype(np.float64)
+    w = ev.model_cpu.fc.weight.detach().double().numpy()
+    b = ev.model_cpu.fc.bias.detach().double().numpy()
+    n = f.shape[1]
+    k = n - round(n * 0.99)
+    top = np.sort(f, axis=1)[:, ::-1][:, :k]
+    s1, s2 = f.sum(1), top.sum(1)
+    assert (s1 / s2).min() > 60  # the float32 cap of the tensor-returning ASH-S would bind here
+    kept = np.where(f >= top[:, -1:], f, 0.0)
+    logits = np.exp(s1 / s2)[:, None] * (kept @ w.T) + b
+    expected = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    np.testing.assert_allclose(ev.suite.scores("ash_s@99")[names.ID_TEST], expected, rtol=1e-10)
+    scale_logits = np.exp(s1 / s2)[:, None] * (f @ w.T) + b
+    expected = np.log(np.exp(scale_logits - scale_logits.max(1, keepdims=True)).sum(1)) + scale_logits.max(1)
+    np.testing.assert_allclose(ev.suite.scores("scale@99")[names.ID_TEST], expected, rtol=1e-10)
+
+
+def test_successor_detectors_are_their_estimators():
+    ev = _feature_eval(d=16)
+    fit = {k: torch.from_numpy(v) for k, v in ev.fit_feats.items()}
+    ood = {k: torch.from_numpy(v) for k, v in ev.ood_feats["ood"].items()}
+    model = ev.model_cpu
+    expected = {
+        "knn:k=5": scores.KNN(k=5).fit(fit["features"]).score(ood["features"]),
+        "vim:dim=4": scores.ViM(dim=4).fit(fit["features"], model).score(model, ood["features"]),
+        "fdbd": scores.FDBD().fit(fit["features"]).score(model, ood["features"]),
+        "nnguide:k=3": scores.NNGuide(k=3).fit(fit["features"], fit["logits"]).score(ood["features"], ood["logits"]),
+        "gen": scores.gen(ood["logits"], gamma=0.1),
+        "gen:top_m=3": scores.gen(ood["logits"], gamma=0.1, top_m=3),
+    }
+    for spec, want in expected.items():
+        np.testing.assert_allclose(ev.suite.scores(spec)["ood"], want.double().numpy(), rtol=1e-6, err_msg=spec)
+        assert ev.suite.accuracy(spec) == 100.0  # none of them changes the prediction
+    assert detectors.title("knn:k=5") == "KNN (k=5)" and detectors.title("knn") == "KNN"
