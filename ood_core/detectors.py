@@ -351,12 +351,17 @@ class LogLikelihood(Detector):
 
 
 class LikelihoodRatio(Detector):
-    """Ren et al. (2019): ``log p_model(x) - log p_background(x)``."""
+    """Ren et al. (2019): ``log p_model(x) - log p_background(x)``.
+
+    The background model is the ``"<model>_background"`` likelihood role (``"background"`` for the
+    Glow): the model's recipe trained on inputs with pixels replaced at a rate mu.
+    """
 
     family = names.GENERATIVE
 
-    def __init__(self, model: str = "glow", background: str = "background"):
-        self.model, self.background = model, background
+    def __init__(self, model: str = "glow", background: str | None = None):
+        self.model = model
+        self.background = background or ("background" if model == "glow" else f"{model}_background")
 
     def score(self, ctx, key):
         return gsc.likelihood_ratio(ctx.likelihood(self.model).scores[key]["log_px"],
@@ -456,6 +461,11 @@ def _top_m(value) -> int | None:
     return None if value == "all" else int(value)
 
 
+def _ratio_title(spec: Spec) -> str:
+    model = spec.parts[0].option("model")
+    return "likelihood ratio" if model == "glow" else f"likelihood ratio ({_ROLE_TITLES.get(model, model)})"
+
+
 def _codec_title(spec: Spec) -> str:
     return f"input complexity ({spec.parts[0].option('codec')})"
 
@@ -500,8 +510,9 @@ REGISTRY: dict[str, Entry] = {
     # generative detectors
     **{role: Entry(lambda s, role=role: LogLikelihood(role), _fixed(f"{title} log p"), family=names.GENERATIVE,
                    doc=f"{title} log-likelihood (Nalisnick et al. 2019)") for role, title in _ROLE_TITLES.items()},
-    "likelihood_ratio": Entry(lambda s: LikelihoodRatio(), _fixed("likelihood ratio"), family=names.GENERATIVE,
-                              doc="Glow log p minus a background Glow's (Ren et al. 2019)"),
+    "likelihood_ratio": Entry(lambda s: LikelihoodRatio(s.parts[0].option("model")), _ratio_title,
+                              options={"model": "glow"}, family=names.GENERATIVE,
+                              doc="log p minus a background model's, trained on perturbed inputs (Ren et al. 2019)"),
     "typicality": Entry(lambda s: Typicality(), _fixed("typicality (M=1)"), family=names.GENERATIVE,
                         doc="typicality test at batch size 1 (Nalisnick et al. 2019b)"),
     "input_complexity": Entry(lambda s: InputComplexity(s.parts[0].option("codec")), _codec_title,

@@ -118,6 +118,16 @@ def dequantize_batch(batch, generator):
     return (likelihood.preprocess(batch[0], generator=generator),)
 
 
+def perturb_uint8(rate: float) -> Callable:
+    """Ren et al.'s background-model input for models of raw uint8 pixels (VAE, PixelCNN)."""
+    from ood_core.generative_scores import perturb_pixels
+
+    def transform(batch, generator):
+        return (perturb_pixels(batch[0], rate, generator),)
+
+    return transform
+
+
 def perturb_and_dequantize(rate: float) -> Callable:
     """Ren et al.'s background-model input: pixels replaced at ``rate``, then dequantised."""
     from ood_core.generative_scores import perturb_pixels
@@ -165,7 +175,8 @@ GLOW = Family(
 def _knobs_label(title: str) -> Callable:
     def label(run) -> str:
         knobs = ", ".join(f"{k}={v}" for k, v in run.model.items())
-        return f"{title} ({knobs}) on {data.spec(run.dataset).title}, seed {run.train.seed}"
+        what = f" (background, μ={run.perturb:g})" if run.perturb else ""
+        return f"{title} ({knobs}) on {data.spec(run.dataset).title}, seed {run.train.seed}{what}"
     return label
 
 
@@ -188,7 +199,8 @@ def _vae_training(run) -> Training:
     images = _train_images(run)
     # curves track the one-sample ELBO (cheap, seeded); IWAE_1 is drawn too, as in scoring
     return Training(TensorDataset(images.x), len(images), negative_elbo_bpd, curve_evaluators(
-        run, lambda m, x: score_images(m, x, batch_size=run.eval_batch, seed=0, iwae_k=1)["bpd_elbo"]))
+        run, lambda m, x: score_images(m, x, batch_size=run.eval_batch, seed=0, iwae_k=1)["bpd_elbo"]),
+        batch_transform=perturb_uint8(run.perturb) if run.perturb else None)
 
 
 def _build_vae(run):
@@ -222,7 +234,8 @@ def _pixelcnn_training(run) -> Training:
 
     images = _train_images(run)
     return Training(TensorDataset(images.x), len(images), nll_bpd, curve_evaluators(
-        run, lambda m, x: score_images(m, x, batch_size=run.eval_batch)["bpd"]))
+        run, lambda m, x: score_images(m, x, batch_size=run.eval_batch)["bpd"]),
+        batch_transform=perturb_uint8(run.perturb) if run.perturb else None)
 
 
 def _build_pixelcnn(run):
