@@ -91,7 +91,7 @@ def test_rebuild_skips_unchanged_chapters(smoke_book):
     assert "running" not in proc.stdout
     assert (page.stat().st_mtime_ns, page.read_bytes()) == before  # not even rewritten
     stats = (book / "execution_stats.md").read_text()
-    assert re.search(r"chapters/01_data` \| [^|]+ \| smoke \|.*\| reused \(unchanged\) \|", stats), stats
+    assert re.search(r"chapters/01_data` \| [^|]+ \| \*\*smoke\*\*[^|]*\|.*\| reused \(unchanged\) \|", stats), stats
 
 
 # --- the build's pieces, without executing anything ---------------------------------------------

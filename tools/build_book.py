@@ -333,6 +333,15 @@ def postprocess(nb, stem: str, used: dict, defaults: dict, replacements) -> obje
     return nb
 
 
+def check_profile(name: str) -> None:
+    """Stop before the first kernel starts when the profile does not exist."""
+    sys.path.insert(0, str(REPO))
+    from ood_core.profiles import PROFILES
+
+    if name not in PROFILES:
+        raise SystemExit(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+
+
 # --- execution, cache, progress ------------------------------------------------------------------
 
 def execute(src: Path, parameters: dict, out: Path) -> float:
@@ -412,8 +421,9 @@ class Progress:
 
     def header(self, profile: str) -> str:
         skipped = sum(skip for _, skip in self.plan)
+        left = self.left(0)
         return (f"{len(self.plan)} chapter(s), profile {profile}: {len(self.plan) - skipped} to execute, "
-                f"{skipped} unchanged; {self.left(0)} (by the last build's timings)")
+                f"{skipped} unchanged; {left}" + (" (by the last build's timings)" if "≈" in left else ""))
 
     def start(self, i: int) -> None:
         stem = self.plan[i][0]
@@ -430,18 +440,24 @@ class Progress:
 # --- the statistics page -------------------------------------------------------------------------
 
 def stats_page(chapters: list[Path], state: dict, this_build: dict[str, str]) -> str:
-    rows, total = [], 0.0
+    """Markdown of the statistics page: one row per chapter, machines and versions as a legend."""
+    rows, machines, versions, total = [], {}, {}, 0.0
     for src in chapters:
         entry = state["chapters"].get(src.stem)
         if not entry:
-            rows.append(f"| {src.stem} | no execution recorded in this book folder | | | | | | |")
+            rows.append(f"| {src.stem} | — | no execution recorded in this book folder | | | | |")
             continue
         s = entry["stats"]
         total += s["wall_time_s"]
-        params = ", ".join(f"`{k}={v}`" for k, v in s["parameters"].items() if k != "profile") or "—"
-        code = f"`{s['git_commit']}`{' (uncommitted changes)' if s.get('git_dirty') else ''}, ood_core `{s['ood_core'][:10]}`"
-        rows.append(f"| {{doc}}`chapters/{src.stem}` | {fmt_duration(s['wall_time_s'])} | {s['profile']} | {params} | "
-                    f"{s['hardware']} | {s['date']} | {code} | {this_build.get(src.stem, 'not in this build')} |")
+        params = ", ".join([f"**{s['profile']}**"] + [f"{k}={v}" for k, v in s["parameters"].items() if k != "profile"])
+        machine_id = machines.setdefault(s["hardware"], f"M{len(machines) + 1}")
+        versions.setdefault(f"{s['python']}/{s['torch']}", None)
+        code = f"`{s['git_commit'][:8]}{'*' if s.get('git_dirty') else ''}` · `{s['ood_core'][:8]}`"
+        rows.append(f"| {{doc}}`chapters/{src.stem}` | {fmt_duration(s['wall_time_s'])} | {params} | {machine_id} | "
+                    f"{s['date']} | {code} | {this_build.get(src.stem, 'not in this build')} |")
+    legend = [f"* **{m}**: {hw}" for hw, m in machines.items()]
+    if versions:
+        legend.append("* Python/torch: " + ", ".join(versions))
     return "\n".join([
         "# Execution statistics",
         "",
@@ -449,11 +465,14 @@ def stats_page(chapters: list[Path], state: dict, this_build: dict[str, str]) ->
         "this page at every build. A chapter whose notebook, `ood_core` code, committed results,",
         "parameters and Python/torch versions were unchanged since its last successful execution is not",
         "executed again; its row keeps the statistics of that execution (\"reused\").",
-        "Code version: the git commit of the checkout, whether it had uncommitted changes, and a digest",
-        "of the `ood_core` package's files.",
         "",
-        "| chapter | wall time | profile | other parameters | hardware | executed (UTC) | code version | this build |",
-        "|---|---|---|---|---|---|---|---|",
+        "Code version: the git commit of the checkout (`*`: it had uncommitted changes) · a digest of",
+        "the `ood_core` package's files. Machines:",
+        "",
+        *legend,
+        "",
+        "| chapter | wall time | parameters | machine | executed (UTC) | code version | this build |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"Total wall time of the executions shown: {fmt_duration(total)}.",
@@ -550,6 +569,8 @@ def main(argv=None) -> int:
     cache = book / CACHE_DIR
     plan = [(src.stem, not args.force and (cache / src.stem / f"{keys[src.stem]}.ipynb").exists())
             for src, *_ in jobs]
+    if not all(skip for _, skip in plan):
+        check_profile(args.profile)
     progress = Progress(plan, estimates)
     print(progress.header(args.profile), flush=True)
     this_build = {}
@@ -583,7 +604,7 @@ def main(argv=None) -> int:
         write_if_changed(book / "chapters" / f"{stem}.ipynb", nbformat.writes(page))
         write_if_changed(book / STATE_FILE, json.dumps(state, indent=1))
         progress.done(i, outcome)
-    # chapters without stored statistics (first build into this folder) are left out of the page's sum
+    # a stored execution whose statistics file was deleted by hand has nothing to show
     state["chapters"] = {k: v for k, v in state["chapters"].items() if v.get("stats")}
     write_if_changed(book / STATE_FILE, json.dumps(state, indent=1))
     write_if_changed(book / STATS_PAGE, stats_page(all_chapters, state, this_build))
