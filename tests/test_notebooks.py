@@ -183,7 +183,7 @@ def test_paths_outside_the_checkout_are_shown_as_their_variable(monkeypatch, tmp
     text = f"saved to {tmp_path / 'cache' / 'glow' / 'k1'}/model.pt; not {tmp_path / 'cache2'}"
     shown = build_book.redact_paths(text, build_book._path_replacements())
     assert shown.startswith("saved to $OOD_ARTIFACTS/glow/k1/model.pt; not ")
-    assert shown.endswith(str(tmp_path / "cache2"))  # a sibling with a longer name is another path
+    assert shown.endswith("/cache2") and shown.count("$OOD_ARTIFACTS") == 1  # a sibling is another path
 
 
 def test_regenerate_command_names_only_what_differs_from_the_defaults():

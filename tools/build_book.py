@@ -69,8 +69,10 @@ STATS_PAGE = "execution_stats.md"
 #: Bump when what a stored execution means changes (e.g. how parameters are injected).
 CACHE_SCHEMA = 1
 KEEP_PER_CHAPTER = 4
-#: The kernel's own warnings (e.g. "Kernel is running over TCP without encryption") are noise here.
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+#: The kernel's own log is noise here: "Kernel is running over TCP without encryption" at every
+#: start, "KeyboardInterrupt caught in kernel" when the client interrupts it before shutting it
+#: down. Errors in cells reach the build through papermill, a dead kernel through nbclient.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 BUILD_DEFAULTS = {"profile": "cpu", "seed": 0}
 
 
