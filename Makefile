@@ -1,12 +1,17 @@
 # ood-companion: `make book` builds the book (default CPU profile), `make test` runs the tests.
 # Both create/refresh the project's virtual environment .venv from requirements.txt first.
+# `make lab` opens the chapters in JupyterLab; `make screenshots` photographs the built book.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= cpu
+# extra options for tools/build_book.py, e.g. BOOK_ARGS="--force" or BOOK_ARGS="--only 02 11"
+BOOK_ARGS ?=
+# extra options for JupyterLab, e.g. LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test bench venv clean-book gpu-bundle
+.PHONY: book test bench venv clean-book gpu-bundle lab screenshots
 
 venv: $(STAMP)
 
@@ -19,7 +24,17 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 book: $(STAMP)
-	$(PY) tools/build_book.py --profile $(PROFILE)
+	$(PY) tools/build_book.py --profile $(PROFILE) $(BOOK_ARGS)
+
+# JupyterLab on notebooks/: a double click opens a chapter (jupytext percent file) as a notebook.
+# The default-viewer setting goes into this environment's own JupyterLab settings, not ~/.jupyter.
+lab: $(STAMP)
+	$(PY) -m jupytext_config --settings-file $(VENV)/share/jupyter/lab/settings/overrides.json set-default-viewer python
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(LAB_ARGS)
+
+# Headless Chromium screenshots of the first pages a reader sees (skips with a message without Chromium).
+screenshots: $(STAMP)
+	$(PY) tools/screenshots.py
 
 test: $(STAMP)
 	$(PY) -m pytest -ra
@@ -27,5 +42,6 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m ood_core bench
 
+# Removes the HTML, the stored chapter executions and their timings (artifacts/ stays).
 clean-book:
-	rm -rf book/_build book/chapters
+	rm -rf book/_build book/chapters book/execution_stats.md

@@ -1,6 +1,10 @@
-"""Figure helpers shared by the chapters (matplotlib + seaborn), so notebooks stay free of ``def``."""
+"""Figure and table helpers shared by the chapters (matplotlib + seaborn), so notebooks stay free of ``def``."""
 
 from __future__ import annotations
+
+import base64
+import html
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -58,3 +62,136 @@ def setup() -> None:
     sns.set_theme(style="whitegrid", context="notebook")
     pd.set_option("display.float_format", "{:,.3f}".format)
     pd.set_option("display.width", 160)
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+#: What a table shows where a value is missing (e.g. "the paper reports no value for this cell").
+MISSING = "—"
+#: Decimals for float columns that ``digits`` does not name.
+DEFAULT_DIGITS = 3
+
+
+def _is_missing(value) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # arrays and other containers are values, not missing
+        return False
+
+
+def _format_cell(value, digits: int, missing: str) -> str:
+    if _is_missing(value):
+        return missing
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "∞" if value > 0 else "−∞"
+        text = f"{float(value):,.{digits}f}"
+        # "-0.000" says "negative" about a number that rounds to zero: show it unsigned.
+        return text[1:] if text.startswith("-") and float(text.replace(",", "")) == 0 else text
+    return str(value)
+
+
+def _column_digits(df: pd.DataFrame, digits) -> dict:
+    if isinstance(digits, (int, np.integer)) and not isinstance(digits, bool):
+        per_column = {c: int(digits) for c in df.columns}
+    elif isinstance(digits, dict):
+        unknown = [c for c in digits if c not in df.columns]
+        if unknown:
+            raise ValueError(f"digits names columns that are not in the table: {unknown}; "
+                             f"the columns are {list(df.columns)}")
+        per_column = {c: int(digits.get(c, DEFAULT_DIGITS)) for c in df.columns}
+    else:
+        raise TypeError(f"digits must be an int or a dict {{column: int}}, got {type(digits).__name__}")
+    negative = {c: d for c, d in per_column.items() if d < 0}
+    if negative:
+        raise ValueError(f"digits must be >= 0, got {negative}")
+    return per_column
+
+
+def format_table(df: pd.DataFrame, digits: int | dict = DEFAULT_DIGITS, missing: str = MISSING) -> pd.DataFrame:
+    """The table as display strings: floats to ``digits`` decimals, integers exact, missing as ``missing``.
+
+    ``digits`` is one number for every column or a dict ``{column: decimals}`` (columns it does not
+    name get :data:`DEFAULT_DIGITS`). Rounding is display-only; :func:`table_html`'s CSV link
+    carries the full-precision values.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__} (wrap a Series with .to_frame())")
+    if not df.columns.is_unique:
+        raise ValueError(f"column names must be unique to format per column, got {list(df.columns)}")
+    per_column = _column_digits(df, digits)
+    out = pd.DataFrame(index=df.index, columns=df.columns, dtype=object)
+    for c in df.columns:
+        out[c] = [_format_cell(v, per_column[c], missing) for v in df[c].tolist()]
+    return out
+
+
+def csv_data_uri(df: pd.DataFrame, index: bool = True) -> str:
+    """``data:text/csv`` URI of the full-precision table (missing values as empty fields).
+
+    A link with this ``href`` and a ``download`` attribute saves the CSV in the browser without a
+    server, a copied file or a network connection.
+    """
+    payload = base64.b64encode(df.to_csv(index=index).encode("utf-8")).decode("ascii")
+    return f"data:text/csv;charset=utf-8;base64,{payload}"
+
+
+def _csv_file_name(csv_name: str | None, caption: str) -> str:
+    if csv_name:
+        stem = csv_name[:-4] if csv_name.lower().endswith(".csv") else csv_name
+    else:
+        stem = caption
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:80] or "table"
+    return f"{stem}.csv"
+
+
+def table_html(df: pd.DataFrame, digits: int | dict = DEFAULT_DIGITS, caption: str = "",
+               csv_name: str | None = None, index: bool = True, missing: str = MISSING) -> str:
+    """HTML of a table for the book: :func:`format_table`'s strings, a caption and a CSV download link.
+
+    The link is a ``data:text/csv`` URI (:func:`csv_data_uri`) with ``download="<csv_name>"``,
+    so it works offline and from a static copy of the book. All text is HTML-escaped.
+    """
+    shown = format_table(df, digits=digits, missing=missing)
+    body = shown.to_html(index=index, escape=True, border=0, classes="ood-table", na_rep=missing)
+    if caption:
+        body = body.replace(">", f">\n  <caption>{html.escape(caption)}</caption>", 1)
+    name = html.escape(_csv_file_name(csv_name, caption), quote=True)
+    link = (f'<a class="ood-table-download" download="{name}" href="{csv_data_uri(df, index=index)}">'
+            f"download CSV ({name})</a>")
+    return f'<div class="ood-table-wrap">\n{body}\n<p class="ood-table-download">{link}</p>\n</div>'
+
+
+class Table:
+    """A table as the book shows it (``_repr_html_``) with a plain-text form for terminals."""
+
+    def __init__(self, df: pd.DataFrame, digits: int | dict = DEFAULT_DIGITS, caption: str = "",
+                 csv_name: str | None = None, index: bool = True, missing: str = MISSING):
+        self.html = table_html(df, digits=digits, caption=caption, csv_name=csv_name, index=index,
+                               missing=missing)
+        text = format_table(df, digits=digits, missing=missing).to_string(index=index)
+        self.text = f"{caption}\n{text}" if caption else text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def show_table(df: pd.DataFrame, digits: int | dict = DEFAULT_DIGITS, caption: str = "",
+               csv_name: str | None = None, index: bool = True, missing: str = MISSING) -> None:
+    """Display ``df`` in a notebook: per-column decimals, "—" where a value is missing, a caption
+    and an offline "download CSV" link with the full-precision values.
+
+        plots.show_table(table, digits={"AUROC %": 1, "mean bpd": 3}, caption="Glow on FashionMNIST")
+
+    See :func:`table_html` for the rendering and :func:`format_table` for the number formats.
+    """
+    from IPython.display import display  # only notebooks need IPython; the library itself does not
+
+    display(Table(df, digits=digits, caption=caption, csv_name=csv_name, index=index, missing=missing))
