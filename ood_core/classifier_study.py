@@ -37,6 +37,18 @@ PAPER_CIFAR10 = {
     "DICE": (20.83, 95.24), "ASH-B@95": (20.23, 96.02), "ASH-S@95": (15.05, 96.61),
 }
 
+#: OpenOOD v1.5's CIFAR-10 leaderboard, ResNet-18 trained 100 epochs: (near-OOD AUROC %, far-OOD AUROC %),
+#: as quoted in the project's issue from the OpenOOD v1.5 paper/leaderboard (not re-checked here). Their
+#: near = CIFAR-100 + TinyImageNet, far = MNIST, SVHN, Textures, Places365; "ASH" there is ASH-B with a
+#: validation-tuned percentile. Keys are our detector titles.
+OPENOOD_CIFAR10 = {
+    "MSP": (88.03, 90.73), "energy": (87.58, 91.21), "max-logit": (87.52, 91.10), "ReAct": (87.11, 90.42),
+    "ODIN": (82.87, 87.96), "DICE": (78.34, 84.23), "ASH": (75.27, 78.49), "SCALE@85": (82.55, 86.39),
+    "GEN": (88.20, 91.35), "KNN": (90.64, 92.96), "ViM": (88.68, 93.48), "fDBD": (90.42, 93.16),
+    "Mahalanobis": (84.20, 89.72),
+}
+OPENOOD_NEAR, OPENOOD_FAR = ("cifar100", "tiny_imagenet"), ("mnist", "svhn", "textures", "places365")
+
 #: The methods of the ASH paper's CIFAR-10 table at its percentiles, plus max-logit, Mahalanobis,
 #: ASH-RAND and ASH-S combined with ReAct and DICE (detector specs, :mod:`ood_core.detectors`).
 PAPER_METHODS = ("msp", "max_logit", "energy", "odin", "react", "dice", "mahalanobis", "ash_p@90", "ash_b@95",
@@ -129,6 +141,9 @@ class ClassifierEvaluation:
         return self._table("where_to_ash", percentile, lambda: where_to_ash(
             self.trained, self.id_set, self.ood_sets, percentile=percentile))
 
+    def exponent_table(self, percentile: float = 95) -> pd.DataFrame:
+        return self._table("exponents", percentile, lambda: ash_s_anatomy(self.suite, percentile))
+
 
 def evaluate(run: ClassifierRun, n_eval: int | None, n_fit: int | None, ood, seed: int = 0,
              store: ArtifactStore | None = None, device=None) -> ClassifierEvaluation:
@@ -149,6 +164,30 @@ def summary(long: pd.DataFrame) -> pd.DataFrame:
     mean[names.PAPER_FPR95] = [PAPER_CIFAR10.get(m, (np.nan, np.nan))[0] for m in mean.index]
     mean[names.PAPER_AUROC] = [PAPER_CIFAR10.get(m, (np.nan, np.nan))[1] for m in mean.index]
     return mean
+
+
+def near_far_summary(long: pd.DataFrame, near: list[str], synthetic: list[str] = ()) -> pd.DataFrame:
+    """Per method: mean FPR95/AUROC over the near-OOD sets and over the far ones (OpenOOD v1.5's split),
+    the ID accuracy, and OpenOOD's published ResNet-18 near/far AUROC beside ours where it has the method.
+
+    ``near`` are the display names of the near-OOD sets; every other real set is far; ``synthetic``
+    (noise, constant images) are left out of both averages, as OpenOOD has no such sets.
+    """
+    per = long[long[names.OOD] != names.MEAN_ROW]
+    near_rows = per[per[names.OOD].isin(near)]
+    far_rows = per[~per[names.OOD].isin([*near, *synthetic])]
+    out = pd.DataFrame({
+        "near FPR95": near_rows.groupby(names.METHOD, sort=False)[names.FPR95].mean(),
+        "near AUROC": near_rows.groupby(names.METHOD, sort=False)[names.AUROC].mean(),
+        "far FPR95": far_rows.groupby(names.METHOD, sort=False)[names.FPR95].mean(),
+        "far AUROC": far_rows.groupby(names.METHOD, sort=False)[names.AUROC].mean(),
+        names.ID_ACCURACY: per.groupby(names.METHOD, sort=False)[names.ID_ACCURACY].first(),
+    })
+    out = out.reindex(list(dict.fromkeys(per[names.METHOD])))
+    out["OpenOOD near AUROC (R18)"] = [OPENOOD_CIFAR10.get(m, (np.nan, np.nan))[0] for m in out.index]
+    out["OpenOOD far AUROC (R18)"] = [OPENOOD_CIFAR10.get(m, (np.nan, np.nan))[1] for m in out.index]
+    out.index.name = names.METHOD
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,6 +253,27 @@ def local_vs_global(suite: detectors.Suite, percentiles, shapers=("ash_p", "ash_
                 rows.append({"shaper": SHAPER_NAMES[name], "percentile": p, "threshold": variant,
                              names.FPR95: mean[names.FPR95], names.AUROC: mean[names.AUROC], names.ID_ACCURACY: acc,
                              "pruned on ID test (%)": pruned})
+    return pd.DataFrame(rows)
+
+
+def ash_s_anatomy(suite: detectors.Suite, percentile: float = 95) -> pd.DataFrame:
+    """Why ASH-S works or breaks, per OOD set: its exponent ``s1/s2`` and pruning versus scaling at equal ``p``.
+
+    One row per set (the ID test set first): the median of ``s1/s2`` at ``percentile``; the AUROC (%,
+    ID positive) of ``s1/s2`` alone, in the direction ASH-S uses it (a larger ratio scales the energy
+    up); and the AUROC of energy (neither), ASH-P (prune only), SCALE (scale only) and ASH-S (both).
+    """
+    ctx = suite.ctx
+    p = f"{percentile:g}"
+    columns = {"s1/s2 alone": f"ash_exponent@{p}", "energy": "energy", f"ASH-P@{p} (prune)": f"ash_p@{p}",
+               f"SCALE@{p} (scale)": f"scale@{p}", f"ASH-S@{p} (both)": f"ash_s@{p}"}
+    sc = {col: suite.scores(spec) for col, spec in columns.items()}
+    rows = []
+    for key in ctx.keys:
+        row = {names.SET: ctx.sets[key].name, "median s1/s2": float(np.median(sc["s1/s2 alone"][key]))}
+        if key != names.ID_TEST:
+            row.update({f"AUROC {col}": 100 * metrics.auroc(v[names.ID_TEST], v[key]) for col, v in sc.items()})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

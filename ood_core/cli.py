@@ -6,6 +6,7 @@
     python -m ood_core data download svhn --root ~/ood-data      # needs internet
     python -m ood_core glow --profile paper --dataset cifar10 --coupling affine --export
     python -m ood_core classifier --profile paper --dataset cifar10 --export
+    python -m ood_core classifier --profile paper --network densenet --export   # DenseNet-BC-100 (ASH's network)
     python -m ood_core bench
     python -m ood_core keys                 # artifact kinds, versions, stale code fingerprints
     python -m ood_core keys --record        # record fingerprints after deciding on version bumps
@@ -108,7 +109,7 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     import torch
 
     from ood_core import classifier_study as cs
-    from ood_core import experiment
+    from ood_core import data, experiment
     from ood_core.profiles import get_profile
 
     if args.threads:
@@ -116,14 +117,19 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     ctx, device = _distributed(args)
     P = get_profile(args.profile)
     C = P.classifier
-    for ds in args.dataset or list(C.runs):
-        run = C.runs[ds]
+    jobs = [(ds, C.runs[ds]) for ds in args.dataset or list(C.runs)] if not args.network else \
+        [("cifar10", C.networks[n]) for n in args.network]
+    for ds, run in jobs:
         if not ctx.is_main:
             experiment.train_or_load(run, device=device, progress=False)
             continue
         ev = cs.evaluate(run, C.n_eval, C.n_fit, C.ood[ds], seed=args.seed, device=device)
         long = ev.benchmark(C.methods)
+        near = [ev.names[k] for k in C.near[ds] if k in ev.names]
         tables = {"benchmark": long, "summary": cs.summary(long).reset_index(),
+                  "near_far": cs.near_far_summary(long, near, [s.name for k, s in ev.ood_sets.items()
+                                                               if k.partition(":")[0] in data.SYNTHETIC]).reset_index(),
+                  "exponents": ev.exponent_table(95),
                   "sweep": ev.percentile_sweep(C.percentiles),
                   "local_vs_global": ev.local_vs_global(C.ablation_percentiles),
                   "where_to_ash": ev.where_to_ash(90)}
@@ -187,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classifier", help="train/score the classifiers of a profile (ASH benchmark); cached")
     c.add_argument("--profile", default="cpu")
     c.add_argument("--dataset", nargs="*", choices=["cifar10", "fashion_mnist"], help="default: both")
+    c.add_argument("--network", nargs="*", help="further CIFAR-10 networks of the profile instead (e.g. densenet)")
     c.add_argument("--device", default=None, help="default: cuda if available")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

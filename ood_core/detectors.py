@@ -317,6 +317,22 @@ class Estimator(ClassifierDetector):
                            model)
 
 
+class AshExponent(ClassifierDetector):
+    """ASH-S's exponent ``s1 / s2`` alone, in the direction ASH-S uses it (larger = scaled up = more ID).
+
+    ASH-S multiplies the kept activations by ``exp(s1 / s2)``, so at high percentiles its energy is
+    dominated by this ratio; its AUROC says how much of ASH-S's ranking the ratio decides on its own.
+    """
+
+    def __init__(self, percentile: float):
+        self.percentile = percentile
+
+    def score_features(self, feats, model):
+        # s2 = 0 (nothing kept is positive): ASH-S leaves the sample unscaled, i.e. exponent 0
+        ratio = ash.ash_s_exponent(torch.from_numpy(feats["features"]).double(), self.percentile)
+        return torch.nan_to_num(ratio, nan=0.0)
+
+
 class Mahalanobis(ClassifierDetector):
     """Lee et al. (2018): class means and a tied covariance of ID training features."""
 
@@ -461,6 +477,10 @@ def _top_m(value) -> int | None:
     return None if value == "all" else int(value)
 
 
+def _exponent_title(spec: Spec) -> str:
+    return f"s1/s2 (ASH-S@{spec.parts[0].percentile:g} exponent)"
+
+
 def _ratio_title(spec: Spec) -> str:
     model = spec.parts[0].option("model")
     return "likelihood ratio" if model == "glow" else f"likelihood ratio ({_ROLE_TITLES.get(model, model)})"
@@ -491,6 +511,8 @@ REGISTRY: dict[str, Entry] = {
                       doc="ASH-RAND (Djurisic et al. 2023), U(0, 10) at kept positions"),
     "scale": Entry(_pipeline, _shaped_title("SCALE"), role="shaper", percentile=85.0,
                    doc="SCALE (Xu et al. 2024): ASH-S's exp(s1/s2) on the unpruned features"),
+    "ash_exponent": Entry(lambda s: AshExponent(s.parts[0].percentile), _exponent_title, percentile=95.0,
+                          doc="ASH-S's exponent s1/s2 alone (what dominates ASH-S's energy)"),
     # successors of ASH on features and logits
     "gen": Entry(lambda s: LogitScore(functools.partial(scores.gen, gamma=s.parts[0].option("gamma"),
                                                         top_m=_top_m(s.parts[0].option("top_m")))),

@@ -91,6 +91,8 @@ class ClassifierSettings:
     percentiles: tuple  # grid of the percentile sweeps
     ablation_percentiles: tuple  # coarser grid for local-vs-global
     methods: tuple[str, ...]  # detector specs of the benchmark table (ood_core.detectors)
+    near: ByDataset[tuple[str, ...]]  # the near-OOD sets among ``ood`` (OpenOOD's split); the rest are far
+    networks: Mapping[str, ClassifierRun]  # further CIFAR-10 networks of the ASH chapters (e.g. DenseNet-BC-100)
 
 
 @dataclass(frozen=True)
@@ -192,10 +194,12 @@ def pixelcnn(dataset: str, train: TrainConfig, **model_and_fields: Any) -> Likel
 
 
 def classifier(dataset: str, arch: str, width: int, train: TrainConfig, **fields: Any) -> ClassifierRun:
-    """ResNet-18 / DenseNet-BC-100 on a colour set, the small CNN on a gray one."""
+    """ResNet-18 / DenseNet-BC-100 on a colour set, the small CNN on a gray one (``width`` 0: the default)."""
     channels = data.spec(dataset).shape[0]
     kw = {} if channels == 3 else {"in_channels": channels}
-    return ClassifierRun(dataset, ClassifierConfig(arch, width=width, **kw), train=train, **fields)
+    if width:
+        kw["width"] = width
+    return ClassifierRun(dataset, ClassifierConfig(arch, **kw), train=train, **fields)
 
 
 def _train(epochs: int, batch_size: int, warmup: int, eval_every: int, checkpoint_every: int, opt: dict,
@@ -214,20 +218,26 @@ def _families(vae_run: LikelihoodRun, pixelcnn_run: LikelihoodRun, n_eval, n_sam
 
 
 _GRAY_OOD = ("mnist", "uniform", "gaussian", "constant")
-_COLOUR_OOD = ("svhn", "cifar100", "textures", "mnist", "fashion_mnist", "cifar10:gray", "uniform", "gaussian",
-               "constant")
+_COLOUR_OOD = ("svhn", "cifar100", "tiny_imagenet:cifar10_disjoint", "textures", "mnist", "fashion_mnist",
+               "cifar10:gray", "uniform", "gaussian", "constant")
 GLOW_OOD = ByDataset({"fashion_mnist": _GRAY_OOD, "cifar10": _COLOUR_OOD}, "OOD sets")
 # The ASH paper's CIFAR OOD sets first (SVHN, LSUN-C, LSUN-R, iSUN, Textures, Places365), then
 # what this mirror adds. Absent sets are skipped and named in the chapters.
+# OpenOOD v1.5's CIFAR-10 near-OOD sets are CIFAR-100 and TinyImageNet without CIFAR-10's classes.
 ASH_OOD = ByDataset({"cifar10": ("svhn", "lsun_crop", "lsun_resize", "isun", "textures", "places365", "cifar100",
-                                 "mnist", "fashion_mnist", "uniform", "gaussian", "constant"),
+                                 "tiny_imagenet:cifar10_disjoint", "mnist", "fashion_mnist", "uniform", "gaussian",
+                                 "constant"),
                      "fashion_mnist": ("mnist", "uniform", "gaussian", "constant")}, "OOD sets")
+NEAR_OOD = ByDataset({"cifar10": ("cifar100", "tiny_imagenet:cifar10_disjoint"), "fashion_mnist": ()}, "near-OOD sets")
 SEED_OOD = ByDataset({"fashion_mnist": ("mnist", "uniform", "gaussian", "constant"),
                       "mnist": ("fashion_mnist", "uniform", "gaussian", "constant")}, "OOD sets")
 SWEEP = (0, 10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90, 95, 99)
 #: The ASH paper's CIFAR-10 table at its percentiles, with max-logit, Mahalanobis, ASH-RAND and combinations.
 ASH_METHODS = ("msp", "max_logit", "energy", "odin", "react", "dice", "mahalanobis", "ash_p@90", "ash_b@95",
                "ash_s@95", "ash_rand@90", "ash_s@95+react", "ash_s@95+dice")
+#: What came after ASH (OpenOOD v1.5's CIFAR-10 leaderboard settings where they have one).
+SUCCESSORS = ("scale@85", "gen", "knn", "vim", "fdbd", "nnguide")
+CLASSIFIER_METHODS = (*ASH_METHODS, *SUCCESSORS)
 #: Generative detectors of the unified benchmark, in table order.
 UNIFIED_GENERATIVE = ("glow", "typicality", "cv_glow", "likelihood_ratio", "input_complexity:codec=png",
                       "input_complexity:codec=lzma", "vae", "pixelcnn")
@@ -254,7 +264,11 @@ def _smoke() -> Profile:
                                                   n_curve=64),
                             "fashion_mnist": fm_cls}, "classifier run"),
             n_eval=64, n_fit=256, ood=ASH_OOD, percentiles=(0, 50, 90), ablation_percentiles=(50, 90),
-            methods=ASH_METHODS),
+            methods=CLASSIFIER_METHODS, near=NEAR_OOD,
+            # depth 100 with growth 2 (the real network has 12): the code path in seconds
+            networks={"densenet": ClassifierRun("cifar10", ClassifierConfig("densenet_bc100", growth_rate=2),
+                                                TrainConfig(**{**cls_train, "batch_size": 32}), n_train=64,
+                                                n_curve=32)}),
         unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, n_boot=20,
                                 batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS),
         analysis=AnalysisSettings(n_probes=4, n_taylor=4, n_gray=32, alphas=(0.0, 0.5, 1.0)),
@@ -291,7 +305,7 @@ def _cpu() -> Profile:
                                             TrainConfig(epochs=2, batch_size=128, lr=0.05, warmup_steps=50, **cls)),
             }, "classifier run"),
             n_eval=2000, n_fit=10000, ood=ASH_OOD, percentiles=SWEEP, ablation_percentiles=(60, 70, 80, 90, 95),
-            methods=ASH_METHODS),
+            methods=CLASSIFIER_METHODS, near=NEAR_OOD, networks={}),  # DenseNet-BC-100: paper profile (GPU) only
         # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
         unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, n_boot=200,
                                 batch_sizes=(1, 2, 5, 10, 25, 50), generative=UNIFIED_GENERATIVE,
@@ -337,7 +351,12 @@ def _paper() -> Profile:
                 "fashion_mnist": fm_cls,
             }, "classifier run"),
             n_eval=None, n_fit=50000, ood=ASH_OOD, percentiles=SWEEP, ablation_percentiles=(60, 70, 80, 90, 95),
-            methods=ASH_METHODS),
+            methods=CLASSIFIER_METHODS, near=NEAR_OOD,
+            # The ASH paper's own CIFAR network (depth 100, growth 12, 342 features), 100 epochs with bf16
+            # autocast and channels_last on a GPU (the ASH authors' checkpoint: ~94-95 % test accuracy).
+            networks={"densenet": classifier("cifar10", "densenet_bc100", 0, TrainConfig(
+                epochs=100, batch_size=128, lr=0.1, warmup_steps=400, eval_every=0, checkpoint_every=2000,
+                amp_bf16=True, channels_last=True, optimizer="sgd", weight_decay=1e-4, schedule="cosine", seed=0))}),
         unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100),
                                 generative=(*UNIFIED_GENERATIVE, "input_complexity:codec=webp"),
@@ -368,7 +387,7 @@ def check(profile: Profile) -> Profile:
             raise ValueError(f"profile {profile.name!r}: unknown view {view!r} in {name!r}; views: "
                              f"{', '.join(sorted(data.VIEWS))}")
 
-    for ood in (profile.glow.ood, profile.classifier.ood, profile.seeds.ood):
+    for ood in (profile.glow.ood, profile.classifier.ood, profile.seeds.ood, profile.classifier.near):
         for names_ in ood.values():
             for n in names_:
                 ood_name(n)
@@ -376,6 +395,10 @@ def check(profile: Profile) -> Profile:
         for run in runs.values():
             for n in run.curve_sets:
                 ood_name(n)
+    for ds, near in profile.classifier.near.items():
+        stray = set(near) - set(profile.classifier.ood[ds])
+        if stray:
+            raise ValueError(f"profile {profile.name!r}: near-OOD sets {sorted(stray)} are not among the OOD sets of {ds}")
     for ds in profile.seeds.datasets:
         if ds not in data.MANIFEST:
             raise ValueError(f"profile {profile.name!r}: unknown dataset {ds!r}")

@@ -92,7 +92,7 @@ _TEMP_SUFFIX = ".tmp"
 _OPTIMIZERS = ("adam", "adamax", "sgd")
 _SCHEDULES = ("constant", "cosine")
 # Fields that decide when a run stops, saves or measures but not where it goes.
-_RUN_CONTROL_FIELDS = frozenset({"max_steps", "checkpoint_every", "eval_every"})
+_RUN_CONTROL_FIELDS = frozenset({"max_steps", "checkpoint_every", "eval_every", "channels_last"})
 
 Batch = tuple[torch.Tensor, ...]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -145,7 +145,8 @@ class TrainConfig:
     linearly, then ``schedule`` is ``"constant"`` or ``"cosine"`` (to zero at the last step of
     ``epochs``). ``checkpoint_every``/``eval_every`` are in steps; 0 means only at the end of
     each epoch (and of the run). ``max_steps`` stops early without changing the schedule, which
-    is what smoke profiles use. ``amp_bf16`` enables bf16 autocast on CUDA and is ignored on
+    is what smoke profiles use. ``amp_bf16`` enables bf16 autocast on CUDA and ``channels_last`` the NHWC layout of the
+    model there; both are ignored on
     other devices. ``optimizer="sgd"`` means momentum 0.9 with Nesterov; ``weight_decay`` is
     the optimizer's L2 term (coupled, as in ``torch.optim.Adam``).
     """
@@ -163,6 +164,9 @@ class TrainConfig:
     eval_every: int = 0
     max_steps: int | None = None
     amp_bf16: bool = False
+    # Memory layout only (CUDA convolutions run faster in NHWC); results agree to rounding, so the
+    # field is not part of artifact keys (ood_core.artifacts.config_dict).
+    channels_last: bool = field(default=False, metadata={"key": False})
 
     def __post_init__(self) -> None:
         problems = []
@@ -603,6 +607,8 @@ def train(
 
     device = _resolve_device(model, device)
     model.to(device)
+    if config.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     num_examples = len(train_data)
     sampler = ShardedEpochSampler(
         num_examples, config.batch_size, seed=config.seed, rank=rank, world_size=world_size

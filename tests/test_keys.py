@@ -122,7 +122,8 @@ def test_every_run_field_reaches_the_key(name):
     """Changing any field of a run changes its key (a field missing from the key would serve stale models)."""
     P = profiles.get_profile(name)
     for run in [*P.glow.runs.values(), *P.classifier.runs.values(), *P.families.vae.values(),
-                *P.families.pixelcnn.values(), P.seeds.glow, P.seeds.vae, P.seeds.classifier]:
+                *P.families.pixelcnn.values(), *P.classifier.networks.values(), P.seeds.glow, P.seeds.vae,
+                P.seeds.classifier]:
         base = artifacts.artifact_key(run.spec.model_kind, run.key())
         for what, other in _variants(run):
             assert artifacts.artifact_key(run.spec.model_kind, other.key()) != base, f"{run.label}: {what} not in the key"

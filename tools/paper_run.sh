@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Paper-profile runs on a GPU machine without Jupyter: train, score, export small results.
 #   tools/paper_run.sh <mirror> <out> <step> [<step> ...]
-# Steps: glow-fmnist, glow-cifar, cvglow-fmnist, cvglow-cifar, classifier-cifar, classifier-fmnist.
+# Steps: glow-fmnist, glow-cifar, cvglow-fmnist, cvglow-cifar, classifier-cifar, classifier-fmnist,
+#        densenet-cifar (DenseNet-BC-100, the ASH paper's CIFAR network).
 # After each step, results/ is archived to <out>/results-<step>.tar so a run cut short keeps
 # what it finished. Extract the archives in the checkout and commit results/.
 set -euo pipefail
@@ -18,6 +19,7 @@ for step in "$@"; do
     cvglow-cifar)      python3 -m ood_core glow --profile paper --dataset cifar10 --coupling additive --export ;;
     classifier-cifar)  python3 -m ood_core classifier --profile paper --dataset cifar10 --export ;;
     classifier-fmnist) python3 -m ood_core classifier --profile paper --dataset fashion_mnist --export ;;
+    densenet-cifar)    python3 -m ood_core classifier --profile paper --network densenet --export ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "step $step took $(( $(date +%s) - t0 )) s"
