@@ -157,6 +157,26 @@ RANDOM = Rule(
     lambda e: (e["auroc"] >= e["energy_auroc"] - 2, e["auroc"] > 60),
     lambda e: f"{e['method']} AUROC {e['auroc']:.2f} vs energy {e['energy_auroc']:.2f}")
 
+PER_SET = Rule(
+    "reproduced if ASH-S's AUROC beats energy's on every OOD set; partly if on some",
+    lambda e: (all(a > en for a, en, _ in e["sets"].values()), any(a > en for a, en, _ in e["sets"].values())),
+    lambda e: ("; ".join(f"{name}: ASH-S {a:.1f} vs energy {en:.1f} (s1/s2 alone {r:.1f})"
+                         for name, (a, en, r) in e["sets"].items()) + " — AUROC %"))
+
+SCALE_BEATS = Rule(
+    "reproduced if SCALE's mean AUROC and FPR95 both improve on ASH-S's; partly if one does",
+    lambda e: (e["auroc"] > e["ash_auroc"] and e["fpr"] < e["ash_fpr"], e["auroc"] > e["ash_auroc"] or e["fpr"] < e["ash_fpr"]),
+    lambda e: (f"{e['method']} {e['fpr']:.2f} / {e['auroc']:.2f} vs {e['ash']} {e['ash_fpr']:.2f} / {e['ash_auroc']:.2f} "
+               "(FPR95 / AUROC %)"))
+
+RANKING = Rule(
+    "reproduced if at least two of OpenOOD's three best methods are among our three best (mean of near and far "
+    "AUROC) and ASH ranks in our bottom half; partly if one of the two holds",
+    lambda e: (len(set(e["ours_top3"]) & set(e["openood_top3"])) >= 2 and e["ash_rank"] > e["n"] / 2,
+               len(set(e["ours_top3"]) & set(e["openood_top3"])) >= 2 or e["ash_rank"] > e["n"] / 2),
+    lambda e: (f"our top 3: {', '.join(e['ours_top3'])}; OpenOOD's: {', '.join(e['openood_top3'])}; "
+               f"{e['ash']} ranks {e['ash_rank']} of {e['n']}"))
+
 UNTESTABLE = Rule("not testable with the data available here", lambda e: (False, False), lambda e: e["why"])
 
 
@@ -217,6 +237,16 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
     _c("penultimate_best", DJURISIC, "ASH works best at the penultimate layer", _12, PENULTIMATE),
     _c("ash_rand_works", DJURISIC, "ASH-RAND still detects OOD", _11, RANDOM),
     _c("ash_state_of_the_art", DJURISIC, "state of the art on the six CIFAR OOD sets and on ImageNet", _11, UNTESTABLE),
+    _c("ash_s_beats_energy_near", DJURISIC, "ASH-S@95 beats energy on near-OOD sets (CIFAR-100, TinyImageNet)", _11,
+       BEATS_ENERGY),
+    _c("ash_s_beats_energy_far", DJURISIC, "ASH-S@95 beats energy on far-OOD sets", _11, BEATS_ENERGY),
+    _c("ash_s_every_set", DJURISIC, "ASH-S@95 beats energy on every CIFAR-10 OOD set", _12, PER_SET),
+    _c("ash_s_densenet", DJURISIC, "ASH-S@95 beats energy with the paper's DenseNet-BC-100 on CIFAR-10", _11,
+       BEATS_ENERGY),
+    _c("scale_beats_ash_s", FOLLOW_UPS, "SCALE (scaling without pruning) improves on ASH-S (Xu et al. 2024)", _11,
+       SCALE_BEATS),
+    _c("openood_ranking", FOLLOW_UPS, "OpenOOD v1.5's CIFAR-10 ranking: KNN/ViM/fDBD-type methods lead, ASH trails",
+       _11, RANKING),
 )}
 
 
@@ -277,6 +307,39 @@ def local_evidence(lg: pd.DataFrame) -> dict:
 
 def penultimate_evidence(where: pd.DataFrame) -> dict:
     return {"auroc": {str(k): float(v) for k, v in where.set_index("stage")[names.AUROC].items()}}
+
+
+def per_set_evidence(anatomy: pd.DataFrame, percentile: float = 95) -> dict:
+    """Evidence for :data:`PER_SET` from :func:`ood_core.classifier_study.ash_s_anatomy`."""
+    p = f"{percentile:g}"
+    rows = anatomy.dropna(subset=[f"AUROC ASH-S@{p} (both)"])
+    return {"sets": {r[names.SET]: (float(r[f"AUROC ASH-S@{p} (both)"]), float(r["AUROC energy"]),
+                                    float(r["AUROC s1/s2 alone"])) for _, r in rows.iterrows()}}
+
+
+def scale_evidence(summary: pd.DataFrame, scale: str, ash_s: str) -> dict:
+    return {"method": scale, "ash": ash_s, "auroc": float(summary.loc[scale, names.AUROC]),
+            "fpr": float(summary.loc[scale, names.FPR95]), "ash_auroc": float(summary.loc[ash_s, names.AUROC]),
+            "ash_fpr": float(summary.loc[ash_s, names.FPR95])}
+
+
+def near_far_evidence(near_far: pd.DataFrame, method: str, which: str) -> dict:
+    """Evidence for :data:`BEATS_ENERGY` on the ``which`` ("near" or "far") averages of a near/far summary."""
+    a, e = near_far.loc[method], near_far.loc["energy"]
+    return {"method": method, "fpr": float(a[f"{which} FPR95"]), "auroc": float(a[f"{which} AUROC"]),
+            "energy_fpr": float(e[f"{which} FPR95"]), "energy_auroc": float(e[f"{which} AUROC"])}
+
+
+def ranking_evidence(near_far: pd.DataFrame, openood: Mapping[str, tuple[float, float]], ash: str) -> dict:
+    """Evidence for :data:`RANKING`: methods ranked by the mean of near and far AUROC, ours and OpenOOD's
+    (over the methods both have; OpenOOD's "ASH" is matched to ``ash``)."""
+    ours = ((near_far["near AUROC"] + near_far["far AUROC"]) / 2).dropna()
+    theirs = {(ash if m == "ASH" else m): (n + f) / 2 for m, (n, f) in openood.items()}
+    common = [m for m in ours.index if m in theirs]
+    ours = ours[common].sort_values(ascending=False)
+    theirs_sorted = sorted(common, key=lambda m: -theirs[m])
+    return {"ours_top3": list(ours.index[:3]), "openood_top3": theirs_sorted[:3],
+            "ash": ash, "ash_rank": int(list(ours.index).index(ash) + 1), "n": len(common)}
 
 
 def random_evidence(summary: pd.DataFrame, method: str) -> dict:
