@@ -153,7 +153,7 @@ class Context:
         if names.ID_TEST not in self.sets:
             raise ValueError(f"the context needs the ID test set under {names.ID_TEST!r}")
         digests = {k: content_digest(s.x, 64) for k, s in self.sets.items()}
-        keys = [k for k in self.sets if k != names.ID_TRAIN]
+        keys = [k for k in self.sets if k not in (names.ID_TRAIN, names.ID_HOLDOUT)]
         for label, resource_sets in self._resource_sets():
             for k in list(keys):
                 if k not in resource_sets:
@@ -384,8 +384,21 @@ class LikelihoodRatio(Detector):
                                     ctx.likelihood(self.background).scores[key]["log_px"])
 
 
+def _heldout(ev, what: str) -> dict[str, np.ndarray]:
+    if names.ID_HOLDOUT not in ev.scores:
+        run = getattr(getattr(ev, "trained", None), "run", None)
+        raise KeyError(f"{what} is fitted on held-out ID images, and {run.label if run else 'this model'} has none: "
+                       "it trained on the whole "
+                       "training split and the evaluation takes the whole test split (set n_train or n_eval)")
+    return ev.scores[names.ID_HOLDOUT]
+
+
 class Typicality(Detector):
-    """Nalisnick et al. (2019b) at batch size 1: ``-|NLL(x) - H|``, ``H`` the mean NLL of ID training images."""
+    """Nalisnick et al. (2019b) at batch size 1: ``-|NLL(x) - H|``, ``H`` the mean NLL of held-out ID images.
+
+    ``H`` estimates the entropy on ID training-split images the model did not train on (the paper's
+    held-out split), so an overfitted model's low training NLL does not bias it.
+    """
 
     family = names.GENERATIVE
 
@@ -393,11 +406,65 @@ class Typicality(Detector):
         self.model = model
 
     def fit(self, ctx):
-        self.entropy_ = gsc.estimate_entropy(-ctx.likelihood(self.model).scores[names.ID_TRAIN]["log_px"])
+        self.entropy_ = gsc.estimate_entropy(-_heldout(ctx.likelihood(self.model), "typicality")["log_px"])
         return self
 
     def score(self, ctx, key):
         return -np.abs(-ctx.likelihood(self.model).scores[key]["log_px"] - self.entropy_)
+
+
+class DoSE(Detector):
+    """Morningstar et al. (2021): a density over a model's per-example summary statistics.
+
+    Fitted on the held-out ID images' statistics (:func:`ood_core.generative_scores.dose_statistics`:
+    log p(x), per-level log p(z), log-det and ||z||^2 for a flow; IWAE, reconstruction and KL for a
+    VAE; log p(x) alone for an autoregressive model), scored by KDE or a one-class SVM.
+    """
+
+    family = names.GENERATIVE
+
+    def __init__(self, model: str = "glow", method: str = "kde"):
+        self.model, self.method = model, method
+
+    def fit(self, ctx):
+        ev = ctx.likelihood(self.model)
+        self.dose_ = gsc.DoSE(method=self.method).fit(gsc.dose_statistics(_heldout(ev, "DoSE")))
+        self.keys_ = self.dose_.statistic_names_
+        return self
+
+    def score(self, ctx, key):
+        return self.dose_.score(gsc.dose_statistics(ctx.likelihood(self.model).scores[key], self.keys_))
+
+
+class FeatureDensity(ClassifierDetector):
+    """Kirichenko et al. (2020): the log-likelihood of a flow trained on the classifier's ID training features."""
+
+    family = names.GENERATIVE
+
+    def __init__(self, layers: int = 8, hidden: int = 256, epochs: int = 20):
+        self.layers, self.hidden, self.epochs = layers, hidden, epochs
+
+    def fit(self, ctx):
+        from ood_core import experiment
+        from ood_core.feature_flow import FeatureFlowConfig
+        from ood_core.train import TrainConfig
+
+        clf = ctx.require_classifier()
+        f = clf.fit_feats["features"]
+        flow = FeatureFlowConfig(dim=f.shape[1], n_layers=self.layers, hidden=self.hidden)
+        train = TrainConfig(epochs=self.epochs, batch_size=min(256, len(f)), lr=1e-3, optimizer="adam", warmup_steps=50,
+                            grad_clip=50.0, checkpoint_every=500, seed=ctx.seed)
+        self.flow_ = experiment.train_feature_flow(f, flow, train, store=clf.store)
+        self.seed = ctx.seed
+        return self
+
+    def score_features(self, feats, model):
+        from ood_core.feature_flow import feature_flow_scores
+
+        return torch.from_numpy(feature_flow_scores(self.flow_, feats["features"]))
+
+    def predict(self, ctx, key):
+        return None  # a density: it does not change the classifier's prediction
 
 
 class InputComplexity(Detector):
@@ -486,6 +553,11 @@ def _ratio_title(spec: Spec) -> str:
     return "likelihood ratio" if model == "glow" else f"likelihood ratio ({_ROLE_TITLES.get(model, model)})"
 
 
+def _dose_title(spec: Spec) -> str:
+    part = spec.parts[0]
+    return f"DoSE ({_ROLE_TITLES.get(part.option('model'), part.option('model'))}, {part.option('method').upper()})"
+
+
 def _codec_title(spec: Spec) -> str:
     return f"input complexity ({spec.parts[0].option('codec')})"
 
@@ -537,6 +609,13 @@ REGISTRY: dict[str, Entry] = {
                               doc="log p minus a background model's, trained on perturbed inputs (Ren et al. 2019)"),
     "typicality": Entry(lambda s: Typicality(), _fixed("typicality (M=1)"), family=names.GENERATIVE,
                         doc="typicality test at batch size 1 (Nalisnick et al. 2019b)"),
+    "dose": Entry(lambda s: DoSE(s.parts[0].option("model"), s.parts[0].option("method")), _dose_title,
+                  options={"model": "glow", "method": "kde"}, family=names.GENERATIVE,
+                  doc="a density over a model's summary statistics, fitted on held-out ID images (Morningstar et al. 2021)"),
+    "feature_flow": Entry(lambda s: FeatureDensity(s.parts[0].option("layers"), s.parts[0].option("hidden"),
+                                                   s.parts[0].option("epochs")),
+                          _fixed("flow on classifier features"), options={"layers": 8, "hidden": 256, "epochs": 20},
+                          family=names.GENERATIVE, doc="log p of a flow on penultimate features (Kirichenko et al. 2020)"),
     "input_complexity": Entry(lambda s: InputComplexity(s.parts[0].option("codec")), _codec_title,
                               options={"codec": "png"}, family=names.GENERATIVE,
                               doc="likelihood corrected by a lossless code length (Serrà et al. 2020)"),
@@ -641,7 +720,7 @@ def run_table(ctx: Context, specs: Iterable[str | Spec], n_boot: int = 200, seed
 
 def typicality_table(glow_ev, batch_sizes, seed: int = 0) -> pd.DataFrame:
     """AUROC of the typicality test against batch size M for every OOD set (Nalisnick et al. 2019b)."""
-    entropy = gsc.estimate_entropy(-glow_ev.scores[names.ID_TRAIN]["log_px"])
+    entropy = gsc.estimate_entropy(-_heldout(glow_ev, "typicality")["log_px"])
     frames = []
     for k, s in glow_ev.sets.items():
         if k in names.ID_KEYS:

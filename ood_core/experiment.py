@@ -209,6 +209,36 @@ def train_or_load(run, store: ArtifactStore | None = None, device=None, progress
     return Trained(run, model, history, store.load_meta(kind, key))
 
 
+def train_feature_flow(features, flow: Any, train_config: TrainConfig, store: ArtifactStore | None = None,
+                       device=None, progress: bool = False):
+    """A :class:`ood_core.feature_flow.FeatureFlow` trained on ``features`` ``[N, D]`` (cached).
+
+    Keyed by the features' content, the flow's config and the training config (artifact kind
+    ``feature_flow``): the flows on embeddings of Kirichenko et al. (2020), fitted once per classifier
+    and feature set. Standardisation statistics are those of ``features``.
+    """
+    from ood_core.artifacts import content_digest
+    from ood_core.feature_flow import FeatureFlow, feature_flow_nll, initialize_feature_flow
+
+    store = store or ArtifactStore()
+    f = torch.as_tensor(features, dtype=torch.float32)
+    key = {"features": content_digest(f, 32), "n": len(f), "flow": flow, "train": train_config}
+    model = FeatureFlow(flow)
+    model.fit_standardization(f)
+    if not store.exists("feature_flow", key):
+        t0 = time.time()
+        result = train(model, feature_flow_nll, torch.utils.data.TensorDataset(f), train_config,
+                       store.workdir("feature_flow", key), init_fn=initialize_feature_flow,
+                       device=default_device(device), progress=progress and not os.environ.get("TQDM_DISABLE"))
+        if is_main_process():
+            store.save("feature_flow", key, state_dict={k: v.cpu() for k, v in model.state_dict().items()},
+                       meta={"wall_time_s": time.time() - t0, "steps": result.steps},
+                       files={"history.json": json.dumps(result.history)})
+        wait_for_main_process()
+    model.load_state_dict(store.load_state_dict("feature_flow", key))
+    return model.eval()
+
+
 # ----------------------------------------------------------------------------- evaluation sets
 
 def evaluation_sets(dataset: str, n: int | None, ood, seed: int = 0, shape=None,
@@ -225,6 +255,33 @@ def evaluation_sets(dataset: str, n: int | None, ood, seed: int = 0, shape=None,
     ood_sets, missing = data.ood_sets(shape, list(ood), n=n, seed=seed)
     sets.update(ood_sets)
     return sets, missing
+
+
+def heldout_set(run, n: int | None, seed: int = 0) -> data.ImageSet | None:
+    """``n`` ID images the run's model never saw in training (drawn with ``seed``), or None if none are left.
+
+    From the training split when the run trains on a subset of it (the complement of the subset that
+    :func:`train_or_load` trains on); otherwise -- a run on the whole split -- from the *test* split,
+    excluding the ``n`` test images that :func:`evaluation_sets` draws with the same seed, so the
+    held-out images never overlap the evaluation set. The set's name says which. None when the run
+    trains on the whole training split and the evaluation takes the whole test split.
+    """
+    train = data.load(run.dataset, "train")
+    if run.n_train is not None and run.n_train < len(train):
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.train.seed))
+        rest = perm[run.n_train:]  # ImageSet.subset trains on the sorted first n_train of this permutation
+        title = f"{data.spec(run.dataset).title} train (held-out)"
+        pool = data.ImageSet(train.x[rest.sort().values], train.y[rest.sort().values], title)
+    else:
+        test = data.load(run.dataset, "test")
+        used = torch.zeros(len(test), dtype=torch.bool)
+        if n is not None and n < len(test):
+            used[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]] = True
+        else:
+            return None
+        keep = (~used).nonzero().flatten()
+        pool = data.ImageSet(test.x[keep], test.y[keep], f"{data.spec(run.dataset).title} test (held-out)")
+    return pool.subset(n, seed + 1)
 
 
 def missing_note(missing: Mapping[str, str]) -> str:

@@ -152,8 +152,9 @@ def _glow_training(run) -> Training:
 
 
 def score_glow(model: Glow, x_uint8: torch.Tensor, run, seed: int) -> dict[str, np.ndarray]:
-    """``log_px`` split into ``log_pz`` and ``logdet`` (and their bits/dim) by :func:`likelihood.score_flow`."""
-    return likelihood.score_flow(model, x_uint8, batch_size=run.eval_batch, seed=seed)
+    """``log_px`` split into ``log_pz`` and ``logdet`` (and their bits/dim) by :func:`likelihood.score_flow`,
+    with the per-level ``log_pz_level{i}`` and ``z_sqnorm`` (DoSE's summary statistics)."""
+    return likelihood.score_flow(model, x_uint8, batch_size=run.eval_batch, seed=seed, per_level=True)
 
 
 def _glow_label(run) -> str:

@@ -34,7 +34,8 @@ import pandas as pd
 from ood_core import data, metrics, names, units
 from ood_core import generative_scores as gsc
 from ood_core.artifacts import ArtifactStore, content_digest
-from ood_core.experiment import LikelihoodRun, Trained, evaluation_sets, export, published as _published_folder
+from ood_core.experiment import LikelihoodRun, Trained, evaluation_sets, export, heldout_set
+from ood_core.experiment import published as _published_folder
 from ood_core.experiment import train_or_load
 
 #: Score terms kept in committed results (per example, float32): enough to redraw every table.
@@ -143,6 +144,8 @@ def evaluate(run: LikelihoodRun, n_eval: int | None, ood, seed: int = 0, store: 
     """Train (or load) ``run`` and score its ID train/test subsets and OOD sets (all cached)."""
     trained = train_or_load(run, store=store, device=device)
     sets, missing = evaluation_sets(run.dataset, n_eval, list(ood), seed=seed)
+    heldout = heldout_set(run, n_eval, seed)  # None: the run saw the whole training split, the evaluation takes all tests
+    sets = {names.ID_TRAIN: sets.pop(names.ID_TRAIN), **({names.ID_HOLDOUT: heldout} if heldout else {}), **sets}
     return LikelihoodEvaluation(trained, sets, missing, score_sets(trained, sets, store=store, seed=seed))
 
 

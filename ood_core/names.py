@@ -12,7 +12,9 @@ names (``"MNIST test"``) come from the data layer and are looked up through an e
 # ---------------------------------------------------------------------------- evaluation sets
 ID_TRAIN = "ID train"
 ID_TEST = "ID test"
-ID_KEYS = (ID_TRAIN, ID_TEST)
+#: ID training-split images the model did not train on (fits typicality's entropy, DoSE's densities).
+ID_HOLDOUT = "ID held-out"
+ID_KEYS = (ID_TRAIN, ID_TEST, ID_HOLDOUT)
 
 # ---------------------------------------------------------------------- likelihood tables (bits/dim)
 SET = "set"

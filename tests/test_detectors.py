@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ood_core import classifier_study as cs, data, detectors, likelihood_study as ls, metrics, names, scores
+from ood_core import generative_scores as gsc
 from ood_core.classifiers import ClassifierConfig, build_classifier
 from ood_core.profiles import ASH_METHODS
 
@@ -113,10 +114,14 @@ def test_ash_rand_is_reproducible_in_score_and_accuracy(clf_ev):
 def _glow_eval(seed=0):
     rng = np.random.default_rng(seed)
     sets = {names.ID_TRAIN: data.synthetic("gaussian", 40, (1, 8, 8), seed=1),
+            names.ID_HOLDOUT: data.synthetic("gaussian", 40, (1, 8, 8), seed=5),
             names.ID_TEST: data.synthetic("gaussian", 30, (1, 8, 8), seed=2),
             "uniform": data.synthetic("uniform", 20, (1, 8, 8), seed=3),
             "constant": data.synthetic("constant", 20, (1, 8, 8), seed=4)}
-    scores_ = {k: {"log_px": rng.normal(-100.0, 5.0, len(s))} for k, s in sets.items()}
+    scores_ = {}
+    for k, s in sets.items():
+        log_pz, logdet = rng.normal(-60.0, 4.0, len(s)), rng.normal(-40.0, 3.0, len(s))
+        scores_[k] = {"log_px": log_pz + logdet, "log_pz": log_pz, "logdet": logdet}
     return ls.LikelihoodEvaluation(trained=None, sets=sets, missing={}, scores=scores_)
 
 
@@ -144,8 +149,15 @@ def test_generative_detectors_algebra_and_table():
     for k in ctx.keys:
         assert np.allclose(suite.scores("likelihood_ratio")[k], 0.0)  # identical background: LLR = 0
         assert np.array_equal(suite.scores("glow")[k], g.scores[k]["log_px"])
-    h = -g.scores[names.ID_TRAIN]["log_px"].mean()
+    h = -g.scores[names.ID_HOLDOUT]["log_px"].mean()  # the entropy from held-out ID images, not training ones
     assert np.allclose(suite.scores("typicality")["uniform"], -np.abs(-g.scores["uniform"]["log_px"] - h))
+    assert ctx.keys == [names.ID_TEST, "uniform", "constant"]  # held-out images are not evaluated
+    dose = gsc.DoSE().fit(gsc.dose_statistics(g.scores[names.ID_HOLDOUT]))
+    np.testing.assert_allclose(suite.scores("dose")["constant"], dose.score(gsc.dose_statistics(g.scores["constant"])))
+    no_holdout = ls.LikelihoodEvaluation(None, {k: v for k, v in g.sets.items() if k != names.ID_HOLDOUT}, {},
+                                         {k: v for k, v in g.scores.items() if k != names.ID_HOLDOUT})
+    with pytest.raises(KeyError, match="held-out"):
+        detectors.Suite(detectors.Context(dict(no_holdout.sets), likelihoods={"glow": no_holdout})).scores("typicality")
     assert np.isnan(suite.accuracy("glow"))
     t = detectors.run_table(ctx, ["glow", "likelihood_ratio", "input_complexity:codec=lzma"], n_boot=50)
     row = t[(t[names.DETECTOR] == "Glow log p") & (t[names.OOD_SET] == "constant")].iloc[0]
@@ -240,3 +252,25 @@ def test_successor_detectors_are_their_estimators():
         np.testing.assert_allclose(ev.suite.scores(spec)["ood"], want.double().numpy(), rtol=1e-6, err_msg=spec)
         assert ev.suite.accuracy(spec) == 100.0  # none of them changes the prediction
     assert detectors.title("knn:k=5") == "KNN (k=5)" and detectors.title("knn") == "KNN"
+
+
+def test_flow_on_features_is_trained_once_and_scores_log_p(tmp_path, monkeypatch):
+    from ood_core import experiment
+    from ood_core.artifacts import ArtifactStore
+    from ood_core.feature_flow import FeatureFlowConfig, feature_flow_scores
+
+    ev = _feature_eval(d=8)
+    ev.store = ArtifactStore(tmp_path)
+    spec = "feature_flow:layers=2,hidden=8,epochs=2"
+    got = ev.suite.scores(spec)["ood"]
+    flow = ev.suite.detector(spec).flow_
+    assert flow.config == FeatureFlowConfig(dim=8, n_layers=2, hidden=8)
+    np.testing.assert_allclose(got, feature_flow_scores(flow, ev.ood_feats["ood"]["features"]))
+    assert np.isnan(ev.suite.accuracy(spec)) and detectors.family_of(spec) == names.GENERATIVE
+
+    def no_training(*a, **k):
+        raise AssertionError("retrained a cached feature flow")
+
+    monkeypatch.setattr(experiment, "train", no_training)
+    again = detectors.Suite(ev.context).scores(spec)["ood"]  # a new suite: fitted from the cache
+    np.testing.assert_allclose(again, got)
