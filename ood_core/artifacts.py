@@ -120,12 +120,20 @@ def config_dict(obj: Any) -> Any:
 
     Dataclass instances become ``{field: value}`` over *all* their fields, recursively, except
     fields declared with ``metadata={"key": False}`` (results do not depend on them, e.g. an
-    evaluation batch size that only trades memory for speed). Mappings keep their keys (as
-    strings), tuples become lists, numpy scalars Python numbers, paths strings.
+    evaluation batch size that only trades memory for speed), and fields declared with
+    ``metadata={"key": "if-set"}`` while they hold their default: a knob added after results were
+    committed (its default reproduces the old behaviour) enters the key only when it is used, so the
+    keys of existing runs stay put. Mappings keep their keys (as strings), tuples become lists,
+    numpy scalars Python numbers, paths strings.
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: config_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.metadata.get("key", True)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            policy, value = f.metadata.get("key", True), getattr(obj, f.name)
+            if policy is False or (policy == "if-set" and value == f.default):
+                continue
+            out[f.name] = config_dict(value)
+        return out
     if isinstance(obj, Mapping):
         return {str(k): config_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -71,6 +71,7 @@ class _B:
 class _C:
     width: int = 8
     batch: int = dataclasses.field(default=4, metadata={"key": False})
+    smoothing: float = dataclasses.field(default=0.0, metadata={"key": "if-set"})  # a knob added later
 
 
 def test_renaming_a_config_field_changes_the_key():
@@ -79,6 +80,9 @@ def test_renaming_a_config_field_changes_the_key():
     assert artifacts.config_key(_A()) == artifacts.config_key({"width": 8})
     assert artifacts.config_key(_C()) == artifacts.config_key(_A())  # only declared fields stay out
     assert artifacts.config_key(dataclasses.replace(_C(), batch=9)) == artifacts.config_key(_C())
+    # a later knob at its default keeps old keys; set, it is in the key
+    assert artifacts.config_dict(_C()) == {"width": 8}
+    assert artifacts.config_dict(dataclasses.replace(_C(), smoothing=0.1)) == {"width": 8, "smoothing": 0.1}
 
 
 def test_kind_and_version_are_part_of_the_key(monkeypatch):
