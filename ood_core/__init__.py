@@ -1,5 +1,28 @@
 """ood_core: the library behind the ood-companion book.
 
+Layout: a flat package in layers
+--------------------------------
+Readers import the modules by short names in their own notebooks (``from ood_core import ash,
+scores, metrics, flows``), the way pytorch-ood and the papers' code are used, so the package stays
+flat; the layers are a rule, enforced by ``tests/test_layout.py``: a module imports only modules of
+its own or a lower layer, and the import graph has no cycle.
+
+0. **foundations** -- ``units`` (nats, bits/dim, ``ln 2``), ``names`` (set keys, table columns),
+   ``artifacts`` (the cache, key policy, artifact kinds and their versions), ``metrics`` (FPR95,
+   AUROC, AUPR, bootstrap; ID = positive class), ``model_config``.
+1. **data** -- ``data``: datasets by name from the verified mirror, views, synthetic sets.
+2. **models** -- ``flows`` (Glow, CV-Glow), ``likelihood`` (dequantisation, bits/dim, the evaluation
+   loop), ``discretized``, ``pixelcnn``, ``vae``, ``feature_flow``, ``classifiers``, ``train`` (the one
+   resumable trainer).
+3. **scores and analysis** -- ``ash`` (activation shaping), ``scores`` (classifier OOD scores and
+   fitted detectors), ``generative_scores`` (likelihood ratio, typicality, input complexity, WAIC,
+   DoSE), ``analysis`` (second-order analysis, graying, flow diagnostics).
+4. **experiments** -- ``families`` (model-family registry), ``experiment`` (runs, ``train_or_load``,
+   held-out sets, committed results), ``likelihood_study`` and ``classifier_study`` (evaluations and
+   their tables), ``detectors`` (the detector contract, registry and suite), ``claims`` (the claims
+   registry and ledger), ``profiles`` (every scale knob).
+5. **interfaces** -- ``plots``, ``cli`` (``python -m ood_core``), ``bench``.
+
 Conventions used everywhere in the package:
 
 * Images enter as ``uint8`` tensors shaped ``[B, C, H, W]``; models that need floats take
@@ -10,4 +33,16 @@ Conventions used everywhere in the package:
 * OOD scores: higher means *more in-distribution*.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+#: The layers of the package (see the docstring); ``tests/test_layout.py`` enforces them.
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(("units", "names", "artifacts", "metrics", "model_config"), 0),
+    "data": 1,
+    **dict.fromkeys(("flows", "likelihood", "discretized", "pixelcnn", "vae", "feature_flow", "classifiers",
+                     "train"), 2),
+    **dict.fromkeys(("ash", "scores", "generative_scores", "analysis"), 3),
+    **dict.fromkeys(("families", "experiment", "likelihood_study", "classifier_study", "detectors", "claims",
+                     "profiles"), 4),
+    **dict.fromkeys(("plots", "cli", "bench", "bench_reference", "__main__"), 5),
+}
