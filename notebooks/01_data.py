@@ -43,7 +43,7 @@ from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 plots.setup()
-print(f"profile {P.name}: {P.description}; mirror: {data.data_root()}")
+print(f"profile {P.name}: {P.description}; mirror: {data.root_label()}")
 
 # %% [markdown]
 # ## Provenance
@@ -56,9 +56,9 @@ print(f"profile {P.name}: {P.description}; mirror: {data.data_root()}")
 status = pd.DataFrame(data.verify())
 present = sorted(set(status.loc[status.status == "ok", "dataset"]))
 prov = pd.DataFrame([data.provenance(name) for name in present])
-display(prov)
+plots.show_table(prov, index=False, caption="Datasets in the mirror")
 summary = status.pivot_table(index="dataset", columns="split", values="status", aggfunc="first").fillna("-")
-display(summary)
+plots.show_table(summary, caption="Status of every split the package knows")
 
 # %%
 missing = [data.spec(n).title for n in data.MANIFEST if not data.available(n)]
@@ -87,7 +87,7 @@ dropped_table = pd.DataFrame(
      for wnid, ov in data.TINY_IMAGENET_IN_CIFAR10.items()])
 dropped_table["order"] = dropped_table["CIFAR-10 class"].map(data.CIFAR10_CLASSES.index)
 dropped_table = dropped_table.sort_values(["order", "wnid"]).drop(columns="order").reset_index(drop=True)
-display(dropped_table)
+plots.show_table(dropped_table, index=False, caption="TinyImageNet classes removed for CIFAR-10")
 has_tin = data.available("tiny_imagenet")
 if has_tin:
     tin = data.load("tiny_imagenet", "val")
@@ -155,7 +155,9 @@ rows = []
 for k, s in stats.items():
     for c, (m, sd) in enumerate(zip(s["mean"], s["std"])):
         rows.append({"set": k, "channel": "RGB"[c] if len(s["mean"]) == 3 else "gray", "mean": m, "std": sd})
-display(pd.DataFrame(rows).pivot_table(index="set", columns="channel", values=["mean", "std"]).round(4))
+stats_table = pd.DataFrame(rows).pivot_table(index="set", columns="channel", values=["mean", "std"])
+stats_table.columns = [f"{a} {b}" for a, b in stats_table.columns]
+plots.show_table(stats_table, digits=4, caption="Per-channel mean and std ([0, 1] scale)")
 
 # %% [markdown]
 # Nalisnick et al.'s second-order analysis predicts that a flow trained on one set assigns

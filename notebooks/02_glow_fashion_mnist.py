@@ -68,7 +68,7 @@ plt.show()
 
 # %%
 table = ev.table
-display(table.round(3))
+plots.show_table(table, digits={names.AUROC_LOGP: 1}, caption=run.label)
 display(Markdown(missing_note(ev.missing)))
 
 # %%
@@ -100,7 +100,7 @@ else:
     plt.show()
     display(Markdown(f"Trained on {paper.hardware} for {paper.meta['steps']} steps "
                      f"({paper.meta['wall_time_s'] / 60:.1f} min), {paper.meta['created']}."))
-    display(paper.table.round(3))
+    plots.show_table(paper.table, digits={names.AUROC_LOGP: 1}, caption=f"paper profile: {paper_run.label}")
     paper_row = claims.record(CLAIM, claims.inversion_evidence(paper.table, id_name, ood_name), P.name, seed,
                               source=f"paper profile ({paper.hardware})")
     display(Markdown(f"**Verdict (paper profile): {paper_row['verdict']}.** {paper_row['our evidence']}."))

@@ -62,7 +62,7 @@ plt.show()
 
 # %%
 table = ev.table
-display(table.round(3))
+plots.show_table(table, digits={names.AUROC_LOGP: 1}, caption=run.label)
 
 # %%
 auroc = table[names.AUROC_LOGP].dropna()
@@ -75,7 +75,7 @@ if "svhn" in ev.sets:
                                  P.name, seed))
 else:
     rows.insert(0, claims.not_testable("glow_cifar10_prefers_svhn", "SVHN is not in the offline mirror", P.name, seed))
-display(claims.ledger_rows(rows))
+plots.show_table(claims.ledger_rows(rows), index=False)
 display(Markdown(
     f"**Verdict ({P.name} profile).** SVHN, the paper's set, is "
     f"{'present' if 'svhn' in ev.sets else 'absent'} here, so the headline number cannot be compared "
@@ -99,7 +99,7 @@ else:
     plt.show()
     display(Markdown(f"Trained on {paper.hardware} for {paper.meta['steps']} steps "
                      f"({paper.meta['wall_time_s'] / 60:.1f} min), {paper.meta['created']}."))
-    display(paper.table.round(3))
+    plots.show_table(paper.table, digits={names.AUROC_LOGP: 1}, caption=f"paper profile: {paper_run.label}")
 
 # %% [markdown]
 # ## Summary

@@ -72,7 +72,7 @@ for ds, ev in evals.items():
                      "gap from log p(z)": id_row[names.PZ_BPD] - r[names.PZ_BPD],
                      "gap from log-det": id_row[names.LOGDET_BPD] - r[names.LOGDET_BPD]})
 gaps = pd.DataFrame(rows).set_index(["model", names.OOD_SET])
-display(gaps.round(3))
+plots.show_table(gaps, caption="ID test minus OOD, bits/dim (+ = OOD favoured)")
 
 # %%
 inverted = gaps[gaps["gap total"] > 0]
@@ -90,7 +90,7 @@ paper = ls.published(get_profile("paper").glow.runs["fashion_mnist"])
 if paper is not None:
     rows.append(claims.record(CLAIM, claims.volume_evidence(paper.table, fm.names[names.ID_TEST], fm.names["mnist"]),
                               P.name, seed, source=f"paper profile ({paper.hardware})"))
-display(claims.ledger_rows(rows))
+plots.show_table(claims.ledger_rows(rows), index=False)
 
 # %% [markdown]
 # ## Summary

@@ -57,7 +57,7 @@ for ds in cv:
         pooled = np.concatenate([s["bpd_logdet"] for s in ev.scores.values()])
         rows.append({"ID": ds, "model": name, "log-det term: min (bpd)": pooled.min(),
                      "max (bpd)": pooled.max(), "std (bpd)": pooled.std()})
-display(pd.DataFrame(rows).set_index(["ID", "model"]))
+plots.show_table(pd.DataFrame(rows).set_index(["ID", "model"]), digits=4)
 
 # %% [markdown]
 # ## Bits/dim histograms and tables
@@ -68,7 +68,7 @@ for ds, ev in cv.items():
     plots.score_histograms({k: v for k, v in ev.column("bpd").items() if "noise" not in k and k != "constant"},
                            "bits/dim", ax=ax, title=ev.trained.run.label)
     plt.show()
-    display(ev.table.round(3))
+    plots.show_table(ev.table, digits={names.AUROC_LOGP: 1}, caption=ev.run.label)
     display(Markdown(missing_note(ev.missing)))
 
 # %%
@@ -78,7 +78,7 @@ for ds, claim_id in (("fashion_mnist", "cv_glow_fashion_mnist_prefers_mnist"), (
     logdet_std = float(np.concatenate([s["bpd_logdet"] for s in ev.scores.values()]).std())
     evidence = claims.inversion_evidence(ev.table, ev.names[names.ID_TEST], ev.names["mnist"], logdet_std)
     rows.append(claims.record(claim_id, evidence, P.name, seed))
-display(claims.ledger_rows(rows))
+plots.show_table(claims.ledger_rows(rows), index=False)
 display(Markdown(
     f"**Verdict ({P.name} profile): {rows[0]['verdict']}** for FashionMNIST → MNIST with constant volume: "
     f"{rows[0]['our evidence']}. The paper reports that the inversion persists. Rule: "

@@ -61,7 +61,7 @@ for t in trained:
                      "share of evaluations with OOD below ID test": below,
                      "final ID test": h[id_col].iloc[-1], "final OOD": h[c].iloc[-1]})
 summary = pd.DataFrame(rows).set_index(["model", names.OOD_SET])
-display(summary.round(3))
+plots.show_table(summary, digits={"share of evaluations with OOD below ID test": 2})
 rows = [claims.record(claim_id, claims.throughout_evidence(t.history, "MNIST test"), P.name, seed)
         for claim_id, t in (("fashion_mnist_mnist_throughout_training", trained[0]),
                             ("cifar10_mnist_throughout_training", trained[2]))]
@@ -91,7 +91,7 @@ for ds in ("fashion_mnist", "cifar10"):
     plt.show()
 
 # %%
-display(claims.ledger_rows(rows))
+plots.show_table(claims.ledger_rows(rows), index=False)
 
 # %% [markdown]
 # ## Summary

@@ -76,7 +76,7 @@ scores = {name: {alpha: likelihood.score_flow(ev.trained.model, x, seed=seed)["b
           for name, ev in evals.items()}
 graying = pd.concat({name: an.graying_table(ev.trained.model, images, alphas, seed=seed, bpd=scores[name])
                      for name, ev in evals.items()}, names=["model"])
-display(graying.round(4))
+plots.show_table(graying, digits=4)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -110,7 +110,7 @@ for name, ev in evals.items():
                                             bpd={f"α = {alpha:g}": v for alpha, v in scores[name].items()},
                                             n_taylor=n_taylor, generator=torch.Generator().manual_seed(seed), seed=seed)
 prediction = pd.concat(predicted, names=["model"])
-display(prediction.round(4))
+plots.show_table(prediction, digits=4)
 
 # %%
 gains = graying.xs(alphas[-1], level="alpha")["measured gain"]

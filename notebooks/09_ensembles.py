@@ -75,7 +75,7 @@ plt.show()
 
 # %%
 table = ls.ensemble_table(members)
-display(table)
+plots.show_table(table, digits={"member AUROC mean": 1, "member AUROC min": 1, "member AUROC max": 1, "ensemble AUROC": 1, "WAIC AUROC": 1})
 ood_keys = [k for k in members[0].sets if k not in names.ID_KEYS]
 by_size = ls.ensemble_by_size(members, ood_keys)
 fig, ax = plt.subplots(figsize=(8, 4))

@@ -60,10 +60,10 @@ for ds in ("fashion_mnist", "cifar10"):
     for runs in (F.vae, F.pixelcnn):
         run = runs[ds]
         evs[(run.name, ds)] = ls.evaluate(run, F.n_eval, P.glow.ood[ds], seed=seed, device=device)
-display(pd.DataFrame([{"model": ev.trained.run.label, "steps": ev.trained.meta["steps"],
+plots.show_table(pd.DataFrame([{"model": ev.trained.run.label, "steps": ev.trained.meta["steps"],
                        "training images": ev.trained.meta["n_train"],
                        "training time (s)": round(ev.trained.meta["wall_time_s"]),
-                       "hardware": ev.trained.meta["hardware"].get("gpu", "CPU")} for ev in evs.values()]))
+                       "hardware": ev.trained.meta["hardware"].get("gpu", "CPU")} for ev in evs.values()]), index=False)
 print(missing_note(evs[("VAE", "cifar10")].missing))
 
 # %% [markdown]
@@ -89,7 +89,7 @@ plt.show()
 # %%
 for (family, ds), ev in evs.items():
     display(Markdown(f"**{family} trained on {TITLES[ds]}** ({ev.trained.run.label})"))
-    display(ev.table)
+    plots.show_table(ev.table, digits={names.AUROC_LOGP: 1})
 
 # %% [markdown]
 # ## Three families side by side
@@ -154,7 +154,7 @@ sns.lineplot(iw, x="k", y="mean bpd", hue="set", marker="o", ax=ax)
 ax.set_xscale("log", base=2)
 ax.set_ylabel("-IWAE_k (bits/dim)")
 plt.show()
-display(iw.pivot_table(index="k", columns="set", values="mean bpd"))
+plots.show_table(iw.pivot_table(index="k", columns="set", values="mean bpd"), caption="-IWAE_k bits/dim")
 
 # %% [markdown]
 # ## Over training
@@ -202,7 +202,7 @@ for (family, ds, ood), claim_id in CLAIMS.items():
     else:
         rows.append(claims.not_testable(claim_id, f"{ood.upper()} is not in the offline mirror", P.name, seed))
 verdicts = claims.ledger_rows(rows)
-display(verdicts)
+plots.show_table(verdicts, index=False)
 counts = verdicts["verdict"].value_counts()
 testable = int((verdicts["verdict"] != claims.NOT_TESTABLE).sum())
 display(Markdown(

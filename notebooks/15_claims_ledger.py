@@ -43,14 +43,13 @@ table = claims.ledger(P.name, seed)
 # ## The ledger
 
 # %%
-with pd.option_context("display.max_colwidth", 200):
-    display(table.style.hide(axis="index").set_properties(**{"text-align": "left"}))
+plots.show_table(table, index=False, caption=f"Claims ledger ({P.name} profile, seed {seed})")
 
 # %% [markdown]
 # ## Tally
 
 # %%
-display(claims.verdict_counts(table))
+plots.show_table(claims.verdict_counts(table))
 fig, ax = plt.subplots(figsize=(8, 2.8))
 sns.countplot(table, y="paper", hue="verdict", hue_order=[*claims.VERDICTS, claims.NOT_TESTABLE],
               palette=["#2a9d8f", "#e9c46a", "#e76f51", "#adb5bd"], ax=ax)
@@ -64,8 +63,7 @@ plt.show()
 # Each claim, its rule and the chapter that measures it (`ood_core.claims.CLAIMS`).
 
 # %%
-with pd.option_context("display.max_colwidth", 300):
-    display(claims.rules_table().style.hide(axis="index").set_properties(**{"text-align": "left"}))
+plots.show_table(claims.rules_table(), index=False, caption="Claims and their rules")
 
 # %% [markdown]
 # ## Summary

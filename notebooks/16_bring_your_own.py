@@ -50,7 +50,7 @@ plots.setup()
 source = folder or str(data.save_folder(data.load("textures", "test").subset(n_images, seed),
                                         tempfile.mkdtemp(prefix="ood-byo-")))
 mine = data.images_from_folder(source, shape=(3, 32, 32), name="my folder")
-display(Markdown(f"Read {len(mine)} images from `{source}` "
+display(Markdown(f"Read {len(mine)} images from `{data.root_label(source) if folder else 'a temporary folder'}` "
                  f"({'your folder' if folder else 'example: partial Textures written as PNG files'})."))
 fig = plots.grids({"my folder (first 32)": mine.x[:32]}, ncols=1)
 plt.show()
@@ -66,7 +66,8 @@ id_set = data.load("cifar10", "test").subset(P.classifier.n_eval, seed)
 ev = cs.evaluate_model(clf.model, fit_set, id_set, {"mine": mine, "MNIST": data.ood_sets((3, 32, 32), ["mnist"],
                                                                                         n=P.classifier.n_eval,
                                                                                         seed=seed)[0]["mnist"]})
-display(cs.summary(ev.benchmark(P.classifier.methods)).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]).round(2))
+plots.show_table(cs.summary(ev.benchmark(P.classifier.methods)).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]),
+                 digits=2, caption=f"{run.label}: your folder and MNIST as OOD")
 
 # %%
 glow = train_or_load(P.glow.runs["cifar10"], device=device)  # from the cache
@@ -89,7 +90,8 @@ plt.show()
 tv = TorchvisionClassifier("resnet18", num_classes=10)
 small = {k: v.subset(min(200, len(v)), seed) for k, v in {"fit": fit_set, "id": id_set, "mine": mine}.items()}
 ev_tv = cs.evaluate_model(tv, small["fit"], small["id"], {"mine": small["mine"]})
-display(cs.summary(ev_tv.benchmark(P.classifier.methods)).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]).round(2))
+plots.show_table(cs.summary(ev_tv.benchmark(P.classifier.methods)).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]),
+                 digits=2, caption="torchvision ResNet-18 (random weights)")
 
 # %% [markdown]
 # ## Summary

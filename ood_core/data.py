@@ -101,6 +101,18 @@ def data_root() -> Path:
     return here.parent / "shared" / "data"
 
 
+def root_label(path: Path | str | None = None) -> str:
+    """A folder as the book may print it: relative to the checkout when beside it, else ``$OOD_DATA``
+    (for the mirror) or the folder's name -- never a machine's absolute path."""
+    path = Path(path) if path is not None else data_root()
+    here = Path(__file__).resolve().parent.parent
+    try:
+        return os.path.relpath(path.resolve(), here) if path.resolve().is_relative_to(here.parent) else (
+            f"${DATA_ENV}" if path.resolve() == data_root().resolve() else path.name)
+    except ValueError:
+        return path.name
+
+
 def spec(name: str) -> DatasetSpec:
     try:
         return MANIFEST[name]
@@ -612,7 +624,7 @@ def ood_sets(shape: tuple[int, int, int], names: list[str], n: int | None = None
         else:
             sp = spec(base)
             if not available(base, _split_for(sp, split), root):
-                missing[name] = f"{sp.title}: not in the mirror ({(Path(root) if root else data_root()) / base})"
+                missing[name] = f"{sp.title}: not in the mirror ({root_label(root)}/{base}/)"
                 continue
             s = load_view(name, split, n, seed, root)
         sets[name] = ImageSet(to_shape(s.x, shape), s.y, s.name, s.note)

@@ -70,6 +70,9 @@ def setup() -> None:
 MISSING = "—"
 #: Decimals for float columns that ``digits`` does not name.
 DEFAULT_DIGITS = 3
+#: From this magnitude on, floats are shown in scientific notation (``1.43 × 10⁶``).
+LARGE = 1e6
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def _is_missing(value) -> bool:
@@ -89,6 +92,9 @@ def _format_cell(value, digits: int, missing: str) -> str:
     if isinstance(value, (float, np.floating)):
         if not np.isfinite(value):
             return "∞" if value > 0 else "−∞"
+        if abs(value) >= LARGE:  # e.g. bits/dim of noise under a barely trained flow: 1.43 × 10¹⁰
+            mantissa, exponent = f"{float(value):.2e}".split("e")
+            return f"{mantissa} × 10{str(int(exponent)).translate(_SUPERSCRIPT)}"
         text = f"{float(value):,.{digits}f}"
         # "-0.000" says "negative" about a number that rounds to zero: show it unsigned.
         return text[1:] if text.startswith("-") and float(text.replace(",", "")) == 0 else text

@@ -209,6 +209,7 @@ def test_table_rounds_per_column_and_marks_missing_values():
     assert plots.MISSING == "—"
     assert plots.format_table(df, digits=0).loc["MNIST", "bpd"] == "3"
     assert plots.format_table(pd.DataFrame({"x": [-0.0004, np.inf]})).x.tolist() == ["0.000", "∞"]
+    assert plots.format_table(pd.DataFrame({"x": [1.4299e10, -2.3e6]})).x.tolist() == ["1.43 × 10¹⁰", "-2.30 × 10⁶"]
 
 
 def test_table_html_has_caption_dashes_and_an_offline_csv_link():
