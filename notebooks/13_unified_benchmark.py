@@ -42,27 +42,20 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, detectors, likelihood_study as ls, names, plots
+from ood_core import benchmarks, detectors, names, plots
 from ood_core.experiment import missing_note
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
 U = P.unified
+SPECS = [*U.generative, *U.classifier]
 plots.setup()
 tables, typicality = {}, {}
 for ds in ("fashion_mnist", "cifar10"):
-    run = P.glow.runs[ds]
-    background = run.background(U.background_rate, steps=U.background_steps, width=U.background_width)
-    likelihoods = {role: ls.evaluate(r, n, P.glow.ood[ds], seed=seed, device=device) for role, r, n in (
-        ("glow", run, P.glow.n_eval), ("cv_glow", run.with_model(coupling="additive"), P.glow.n_eval),
-        ("background", background, P.glow.n_eval), ("vae", P.families.vae[ds], P.families.n_eval),
-        ("pixelcnn", P.families.pixelcnn[ds], P.families.n_eval))}
-    clf = cs.evaluate(P.classifier.runs[ds], P.classifier.n_eval, P.classifier.n_fit, P.classifier.ood[ds],
-                      seed=seed, device=device)
-    ctx = detectors.Context(dict(likelihoods["glow"].sets), classifier=clf, likelihoods=likelihoods, seed=seed)
-    tables[ds] = detectors.run_table(ctx, [*U.generative, *U.classifier], n_boot=U.n_boot, seed=seed)
-    typicality[ds] = detectors.typicality_table(likelihoods["glow"], U.batch_sizes, seed=seed)
-    print(f"{ds}: {len(ctx.ood_keys)} shared OOD sets; {missing_note(likelihoods['glow'].missing)}")
+    ctx = benchmarks.unified_context(P, ds, SPECS, seed=seed, device=device)
+    tables[ds] = detectors.run_table(ctx, SPECS, n_boot=U.n_boot, seed=seed)
+    typicality[ds] = detectors.typicality_table(ctx.likelihood("glow"), U.batch_sizes, seed=seed)
+    print(f"{ds}: {len(ctx.ood_keys)} shared OOD sets; {missing_note(ctx.likelihood('glow').missing)}")
 
 # %% [markdown]
 # ## AUROC at a glance

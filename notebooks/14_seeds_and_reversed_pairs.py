@@ -44,7 +44,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, claims, data, detectors, likelihood_study as ls, names, plots
+from ood_core import benchmarks, claims, data, detectors, names, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -59,12 +59,9 @@ for ds in S.datasets:
     id_name = data.spec(ds).title
     by_seed = {}
     for s in spread_seeds:
-        likelihoods = {role: ls.evaluate(r.on(ds, (OTHER[ds],)).with_seed(s), S.n_eval, S.ood[ds], seed=seed,
-                                         device=device) for role, r in (("glow", S.glow), ("vae", S.vae))}
-        clf = cs.evaluate(S.classifier.on(ds).with_seed(s), S.n_eval, P.classifier.n_fit, S.ood[ds],
-                          seed=seed, device=device)
-        ctx = detectors.Context(dict(likelihoods["glow"].sets), classifier=clf, likelihoods=likelihoods, seed=seed)
+        ctx = benchmarks.seed_context(P, ds, s, SPECS, OTHER[ds], seed=seed, device=device)
         by_seed[s] = detectors.Suite(ctx).run(SPECS)
+        clf = ctx.classifier
         print(f"{id_name}, seed {s}: {clf.trained.run.label} {clf.trained.history.iloc[-1].to_dict()}")
     long.append(detectors.seed_table(by_seed, families, ctx.set_names, id_name))
     first_seed.append(detectors.score_table(by_seed[spread_seeds[0]], families, ctx.set_names, n_boot=P.unified.n_boot,

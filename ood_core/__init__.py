@@ -19,8 +19,9 @@ its own or a lower layer, and the import graph has no cycle.
    DoSE), ``analysis`` (second-order analysis, graying, flow diagnostics).
 4. **experiments** -- ``families`` (model-family registry), ``experiment`` (runs, ``train_or_load``,
    held-out sets, committed results), ``likelihood_study`` and ``classifier_study`` (evaluations and
-   their tables), ``detectors`` (the detector contract, registry and suite), ``claims`` (the claims
-   registry and ledger), ``profiles`` (every scale knob).
+   their tables), ``detectors`` (the detector contract, registry and suite), ``benchmarks`` (which
+   models a list of detectors needs, on one set of images), ``claims`` (the claims registry and
+   ledger), ``profiles`` (every scale knob).
 5. **interfaces** -- ``plots``, ``cli`` (``python -m ood_core``), ``bench``.
 
 Conventions used everywhere in the package:
@@ -43,6 +44,6 @@ LAYERS: dict[str, int] = {
                      "train"), 2),
     **dict.fromkeys(("ash", "scores", "generative_scores", "analysis"), 3),
     **dict.fromkeys(("families", "experiment", "likelihood_study", "classifier_study", "detectors", "claims",
-                     "profiles"), 4),
+                     "benchmarks", "profiles"), 4),
     **dict.fromkeys(("plots", "cli", "bench", "bench_reference", "__main__"), 5),
 }

@@ -214,6 +214,11 @@ class Detector:
     def predict(self, ctx: Context, key: str) -> np.ndarray | None:
         return None
 
+    def roles(self) -> tuple[str, ...]:
+        """The likelihood roles of the context this detector reads (none for classifier detectors)."""
+        return tuple(getattr(self, attr) for attr in ("model", "background", "role") if isinstance(
+            getattr(self, attr, None), str))
+
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float64)

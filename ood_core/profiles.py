@@ -102,6 +102,9 @@ class UnifiedSettings:
     background_rate: float  # Ren et al.'s pixel-replacement rate mu for the background Glow
     background_steps: int  # K of the background Glow (same L; it may be smaller than the model)
     background_width: int
+    background_weight_decay: float  # Ren et al.'s L2 penalty on the background model
+    pixelcnn_background_rate: float  # mu of the PixelCNN background (same architecture as the model)
+    pixelcnn_background_weight_decay: float
     n_boot: int  # bootstrap replicates per AUROC interval
     batch_sizes: tuple  # typicality-test batch sizes M
     generative: tuple[str, ...]  # generative detector specs
@@ -143,6 +146,7 @@ class SeedSettings:
     ood: ByDataset[tuple[str, ...]]  # OOD sets of the seed study
     glow: LikelihoodRun
     vae: LikelihoodRun
+    pixelcnn: LikelihoodRun
     classifier: ClassifierRun
     generative: tuple[str, ...]  # generative detector specs of the seed study
 
@@ -253,6 +257,8 @@ def _smoke() -> Profile:
     fm_glow = glow("fashion_mnist", 2, 2, 8, glow_train, n_train=256, n_curve=32, curve_sets=("mnist",), eval_batch=64)
     fm_vae = vae("fashion_mnist", gen_train, iwae_k=4, width=8, n_train=256, n_curve=32, eval_batch=64)
     fm_cls = classifier("fashion_mnist", "small_cnn", 4, TrainConfig(**cls_train), n_train=512, n_curve=64)
+    fm_pixelcnn = pixelcnn("fashion_mnist", gen_train, width=8, layers=2, n_mix=2, n_train=256, n_curve=32,
+                           eval_batch=64)
     return Profile(
         name="smoke",
         description="seconds per notebook; proves the code path, numbers are meaningless",
@@ -269,13 +275,14 @@ def _smoke() -> Profile:
             networks={"densenet": ClassifierRun("cifar10", ClassifierConfig("densenet_bc100", growth_rate=2),
                                                 TrainConfig(**{**cls_train, "batch_size": 32}), n_train=64,
                                                 n_curve=32)}),
-        unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, n_boot=20,
+        unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, background_weight_decay=0.0,
+                                pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=20,
                                 batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS),
         analysis=AnalysisSettings(n_probes=4, n_taylor=4, n_gray=32, alphas=(0.0, 0.5, 1.0)),
-        families=_families(fm_vae, pixelcnn("fashion_mnist", gen_train, width=8, layers=2, n_mix=2, n_train=256,
-                                            n_curve=32, eval_batch=64), n_eval=64, n_samples=4),
+        families=_families(fm_vae, fm_pixelcnn, n_eval=64, n_samples=4),
         seeds=SeedSettings(seeds=(0, 1), n_spread=2, n_eval=64, datasets=("fashion_mnist", "mnist"), ood=SEED_OOD,
-                           glow=fm_glow, vae=fm_vae, classifier=fm_cls, generative=SEED_GENERATIVE),
+                           glow=fm_glow, vae=fm_vae, pixelcnn=fm_pixelcnn, classifier=fm_cls,
+                           generative=SEED_GENERATIVE),
     )
 
 
@@ -307,7 +314,8 @@ def _cpu() -> Profile:
             n_eval=2000, n_fit=10000, ood=ASH_OOD, percentiles=SWEEP, ablation_percentiles=(60, 70, 80, 90, 95),
             methods=CLASSIFIER_METHODS, near=NEAR_OOD, networks={}),  # DenseNet-BC-100: paper profile (GPU) only
         # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
-        unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, n_boot=200,
+        unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, background_weight_decay=0.0,
+                                pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=200,
                                 batch_sizes=(1, 2, 5, 10, 25, 50), generative=UNIFIED_GENERATIVE,
                                 classifier=ASH_METHODS),
         analysis=AnalysisSettings(n_probes=48, n_taylor=32, n_gray=400, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
@@ -318,6 +326,7 @@ def _cpu() -> Profile:
             glow=glow("fashion_mnist", 2, 4, 32, _train(1, 64, 100, 100, 250, GLOW_OPT), n_train=20000, n_curve=200,
                       curve_sets=("mnist",)),
             vae=dataclasses.replace(fm_vae, n_train=20000),
+            pixelcnn=fm_pixelcnn,
             classifier=classifier("fashion_mnist", "small_cnn", 16,
                                   TrainConfig(epochs=1, batch_size=128, lr=0.05, warmup_steps=50, **cls),
                                   n_train=20000),
@@ -357,7 +366,8 @@ def _paper() -> Profile:
             networks={"densenet": classifier("cifar10", "densenet_bc100", 0, TrainConfig(
                 epochs=100, batch_size=128, lr=0.1, warmup_steps=400, eval_every=0, checkpoint_every=2000,
                 amp_bf16=True, channels_last=True, optimizer="sgd", weight_decay=1e-4, schedule="cosine", seed=0))}),
-        unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, n_boot=1000,
+        unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, background_weight_decay=0.0,
+                                pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100),
                                 generative=(*UNIFIED_GENERATIVE, "input_complexity:codec=webp"),
                                 classifier=ASH_METHODS),
@@ -366,7 +376,9 @@ def _paper() -> Profile:
                                             layers=12, n_mix=10, n_curve=1000), n_eval=None, n_samples=64),
         seeds=SeedSettings(
             seeds=(0, 1, 2, 3, 4), n_spread=5, n_eval=None, datasets=("fashion_mnist", "mnist"), ood=SEED_OOD,
-            glow=fm_glow.with_model(steps=16, width=256), vae=fm_vae, classifier=fm_cls, generative=SEED_GENERATIVE),
+            glow=fm_glow.with_model(steps=16, width=256), vae=fm_vae,
+            pixelcnn=pixelcnn("fashion_mnist", _train(20, 128, 200, 500, 1000, GEN_OPT), width=128, layers=12,
+                              n_mix=10, n_curve=1000), classifier=fm_cls, generative=SEED_GENERATIVE),
     )
 
 
