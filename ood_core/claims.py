@@ -177,6 +177,39 @@ RANKING = Rule(
     lambda e: (f"our top 3: {', '.join(e['ours_top3'])}; OpenOOD's: {', '.join(e['openood_top3'])}; "
                f"{e['ash']} ranks {e['ash_rank']} of {e['n']}"))
 
+def _mean(v) -> float:
+    return float(np.mean(v))
+
+
+TWO_WAYS = Rule(
+    "reproduced if the mean AUROC over training seeds is >= 95 % on FashionMNIST → MNIST and on MNIST → "
+    "FashionMNIST; partly if on one of them, or above 80 % on both",
+    lambda e: (_mean(e["forward"]) >= 95 and _mean(e["reverse"]) >= 95,
+               _mean(e["forward"]) >= 95 or _mean(e["reverse"]) >= 95 or
+               (_mean(e["forward"]) > 80 and _mean(e["reverse"]) > 80)),
+    lambda e: (f"{e['method']}: FashionMNIST → MNIST {_mean(e['forward']):.1f} % "
+               f"({', '.join(f'{v:.1f}' for v in e['forward'])}), MNIST → FashionMNIST {_mean(e['reverse']):.1f} % "
+               f"({', '.join(f'{v:.1f}' for v in e['reverse'])}) over {len(e['forward'])} seeds"
+               + (f"; reference: {e['reference']}" if e.get("reference") else "")))
+
+EVERY_PAIR = Rule(
+    "reproduced if the AUROC is >= 90 % on every pair measured; partly if above chance on every pair",
+    lambda e: (min(e["aurocs"].values()) >= 90, min(e["aurocs"].values()) > 50),
+    lambda e: f"{e['method']}: " + ", ".join(f"{k} {v:.1f}" for k, v in e["aurocs"].items()) + " (AUROC %)")
+
+LOCAL_PREDICTION = Rule(
+    "reproduced if the coupling network's prediction explains the OOD images at least as well as the ID images "
+    "(median R²); partly if within 0.1",
+    lambda e: (min(e["ood_r2"].values()) >= e["id_r2"], min(e["ood_r2"].values()) >= e["id_r2"] - 0.1),
+    lambda e: (f"median R² of the masked half predicted by a coupling network of {e['model']}: ID {e['id_r2']:.2f}; "
+               + ", ".join(f"{k} {v:.2f}" for k, v in e["ood_r2"].items())))
+
+TYPICALITY_BATCHES = Rule(
+    "reproduced if the typicality test is weak for single inputs (AUROC < 80 %) and strong for batches "
+    "(>= 95 % at the largest batch); partly if the batch AUROC exceeds the single-input one by 10 points",
+    lambda e: (e["single"] < 80 and e["batch"] >= 95, e["batch"] - e["single"] >= 10),
+    lambda e: f"{e['pair']}: M = 1 {e['single']:.1f} %, M = {e['m']} {e['batch']:.1f} %")
+
 UNTESTABLE = Rule("not testable with the data available here", lambda e: (False, False), lambda e: e["why"])
 
 
@@ -190,6 +223,7 @@ _02, _03, _04, _05, _06 = ("02_glow_fashion_mnist", "03_glow_cifar10", "04_glow_
                            "06_glow_training_dynamics")
 _07, _08, _09, _10 = "07_second_order", "08_graying", "09_ensembles", "10_vae_pixelcnn"
 _11, _12, _14 = "11_ash_benchmark", "12_ash_ablations", "14_seeds_and_reversed_pairs"
+_15 = "15_what_works_instead"
 
 #: Every claim the book tests, in the ledger's order.
 CLAIMS: dict[str, Claim] = {c.id: c for c in (
@@ -245,6 +279,19 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
        BEATS_ENERGY),
     _c("scale_beats_ash_s", FOLLOW_UPS, "SCALE (scaling without pruning) improves on ASH-S (Xu et al. 2024)", _11,
        SCALE_BEATS),
+    _c("ren_likelihood_ratio", FOLLOW_UPS, "a likelihood ratio against a same-architecture background model trained "
+       "on perturbed inputs detects FashionMNIST ↔ MNIST in both directions (Ren et al. 2019)", _15, TWO_WAYS),
+    _c("serra_input_complexity", FOLLOW_UPS,
+       "input complexity (likelihood minus a compressor's code length) detects FashionMNIST ↔ MNIST in both "
+       "directions (Serrà et al. 2020)", _15, TWO_WAYS),
+    _c("kirichenko_embeddings", FOLLOW_UPS, "a flow on classifier embeddings detects FashionMNIST ↔ MNIST in both "
+       "directions (Kirichenko et al. 2020)", _15, TWO_WAYS),
+    _c("kirichenko_local", FOLLOW_UPS, "an image flow's coupling layers predict pixels from their neighbours on ID and "
+       "OOD images alike (Kirichenko et al. 2020)", _15, LOCAL_PREDICTION),
+    _c("morningstar_dose", FOLLOW_UPS, "DoSE on the model's summary statistics detects every OOD set "
+       "(Morningstar et al. 2021)", _15, EVERY_PAIR),
+    _c("typicality_needs_batches", FOLLOW_UPS, "the typicality test detects OOD batches but not single inputs "
+       "(Nalisnick et al. 2019b)", _15, TYPICALITY_BATCHES),
     _c("openood_ranking", FOLLOW_UPS, "OpenOOD v1.5's CIFAR-10 ranking: KNN/ViM/fDBD-type methods lead, ASH trails",
        _11, RANKING),
 )}

@@ -109,6 +109,8 @@ class UnifiedSettings:
     batch_sizes: tuple  # typicality-test batch sizes M
     generative: tuple[str, ...]  # generative detector specs
     classifier: tuple[str, ...]  # classifier detector specs
+    remedies: tuple[str, ...]  # the detectors of "What works instead"
+    reference_classifier: tuple[str, ...]  # classifier scores shown beside them
 
 
 @dataclass(frozen=True)
@@ -242,10 +244,17 @@ ASH_METHODS = ("msp", "max_logit", "energy", "odin", "react", "dice", "mahalanob
 #: What came after ASH (OpenOOD v1.5's CIFAR-10 leaderboard settings where they have one).
 SUCCESSORS = ("scale@85", "gen", "knn", "vim", "fdbd", "nnguide")
 CLASSIFIER_METHODS = (*ASH_METHODS, *SUCCESSORS)
+#: The remedies for the likelihood failure (Ren, Serrà, Nalisnick 2019b, Morningstar, Kirichenko), with the raw
+#: likelihoods they correct.
+REMEDIES = ("glow", "pixelcnn", "likelihood_ratio", "likelihood_ratio:model=pixelcnn", "input_complexity:codec=png",
+            "typicality", "dose:model=glow", "dose:model=vae", "feature_flow")
 #: Generative detectors of the unified benchmark, in table order.
 UNIFIED_GENERATIVE = ("glow", "typicality", "cv_glow", "likelihood_ratio", "input_complexity:codec=png",
-                      "input_complexity:codec=lzma", "vae", "pixelcnn")
-SEED_GENERATIVE = ("glow", "typicality", "input_complexity:codec=png", "vae")
+                      "input_complexity:codec=lzma", "vae", "pixelcnn", "likelihood_ratio:model=pixelcnn",
+                      "dose:model=glow", "dose:model=vae", "feature_flow")
+SEED_GENERATIVE = ("glow", "typicality", "input_complexity:codec=png", "vae", "pixelcnn", "likelihood_ratio",
+                   "likelihood_ratio:model=pixelcnn", "dose:model=glow", "dose:model=vae", "feature_flow")
+REFERENCE_CLASSIFIER = ("energy", "mahalanobis", "knn")
 
 
 # ----------------------------------------------------------------------------------- scales
@@ -277,7 +286,8 @@ def _smoke() -> Profile:
                                                 n_curve=32)}),
         unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, background_weight_decay=0.0,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=20,
-                                batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS),
+                                batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS,
+                                remedies=REMEDIES, reference_classifier=REFERENCE_CLASSIFIER),
         analysis=AnalysisSettings(n_probes=4, n_taylor=4, n_gray=32, alphas=(0.0, 0.5, 1.0)),
         families=_families(fm_vae, fm_pixelcnn, n_eval=64, n_samples=4),
         seeds=SeedSettings(seeds=(0, 1), n_spread=2, n_eval=64, datasets=("fashion_mnist", "mnist"), ood=SEED_OOD,
@@ -317,7 +327,7 @@ def _cpu() -> Profile:
         unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, background_weight_decay=0.0,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=200,
                                 batch_sizes=(1, 2, 5, 10, 25, 50), generative=UNIFIED_GENERATIVE,
-                                classifier=ASH_METHODS),
+                                classifier=ASH_METHODS, remedies=REMEDIES, reference_classifier=REFERENCE_CLASSIFIER),
         analysis=AnalysisSettings(n_probes=48, n_taylor=32, n_gray=400, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
         families=_families(fm_vae, fm_pixelcnn, n_eval=2000, n_samples=16),
         seeds=SeedSettings(
@@ -370,7 +380,7 @@ def _paper() -> Profile:
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100),
                                 generative=(*UNIFIED_GENERATIVE, "input_complexity:codec=webp"),
-                                classifier=ASH_METHODS),
+                                classifier=ASH_METHODS, remedies=REMEDIES, reference_classifier=REFERENCE_CLASSIFIER),
         analysis=AnalysisSettings(n_probes=256, n_taylor=128, n_gray=2000, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)),
         families=_families(fm_vae, pixelcnn("fashion_mnist", _train(20, 128, 200, 500, 1000, GEN_OPT), width=128,
                                             layers=12, n_mix=10, n_curve=1000), n_eval=None, n_samples=64),
@@ -415,7 +425,7 @@ def check(profile: Profile) -> Profile:
         if ds not in data.MANIFEST:
             raise ValueError(f"profile {profile.name!r}: unknown dataset {ds!r}")
     for specs in (profile.classifier.methods, profile.unified.generative, profile.unified.classifier,
-                  profile.seeds.generative):
+                  profile.seeds.generative, profile.unified.remedies, profile.unified.reference_classifier):
         detectors.parse_all(specs)
     return profile
 

@@ -102,7 +102,7 @@ def test_bad_evidence_fails_in_the_chapter_not_in_the_ledger(tmp_path):
 def test_every_claim_is_measured_by_an_existing_chapter_before_the_ledger():
     toc = yaml.safe_load((REPO / "book" / "_toc.yml").read_text())
     order = [c["file"].removeprefix("chapters/") for part in toc["parts"] for c in part["chapters"]]
-    ledger_at = order.index("15_claims_ledger")
+    ledger_at = order.index("16_claims_ledger")
     for chapter in claims.chapters():
         assert (REPO / "notebooks" / f"{chapter}.py").is_file(), chapter
         assert order.index(chapter) < ledger_at, f"{chapter} must come before the ledger"

@@ -188,6 +188,6 @@ def test_paths_outside_the_checkout_are_shown_as_their_variable(monkeypatch, tmp
 
 def test_regenerate_command_names_only_what_differs_from_the_defaults():
     d = {"profile": "cpu", "seed": 0, "device": "cpu", "folder": ""}
-    assert build_book.regenerate_command("16_bring_your_own", {**d, "profile": "paper", "folder": "my images"}, d) == \
-        "python tools/build_book.py --only 16_bring_your_own --profile paper -p folder 'my images'"
+    assert build_book.regenerate_command("17_bring_your_own", {**d, "profile": "paper", "folder": "my images"}, d) == \
+        "python tools/build_book.py --only 17_bring_your_own --profile paper -p folder 'my images'"
     assert build_book.regenerate_command("01_data", d, d) == "python tools/build_book.py --only 01_data --profile cpu"

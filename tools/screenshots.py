@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ["intro", "chapters/02_glow_fashion_mnist", "chapters/11_ash_benchmark",
-         "chapters/13_unified_benchmark", "chapters/15_claims_ledger"]
+         "chapters/13_unified_benchmark", "chapters/16_claims_ledger"]
 CANDIDATES = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "/usr/bin/chromium"]
 
 
