@@ -442,7 +442,11 @@ class DoSE(Detector):
 
 
 class FeatureDensity(ClassifierDetector):
-    """Kirichenko et al. (2020): the log-likelihood of a flow trained on the classifier's ID training features."""
+    """Kirichenko et al. (2020): the log-likelihood of a flow trained on the classifier's ID training features.
+
+    Units that are constant on the ID training features (ReLU units that never fire) have no density to
+    learn and are left out of the flow, for training and scoring alike.
+    """
 
     family = names.GENERATIVE
 
@@ -456,9 +460,11 @@ class FeatureDensity(ClassifierDetector):
 
         clf = ctx.require_classifier()
         f = clf.fit_feats["features"]
+        self.keep_ = np.flatnonzero(f.std(0) > 0)
+        f = f[:, self.keep_]
         flow = FeatureFlowConfig(dim=f.shape[1], n_layers=self.layers, hidden=self.hidden)
-        train = TrainConfig(epochs=self.epochs, batch_size=min(256, len(f)), lr=1e-3, optimizer="adam", warmup_steps=50,
-                            grad_clip=50.0, checkpoint_every=500, seed=ctx.seed)
+        train = TrainConfig(epochs=self.epochs, batch_size=min(256, len(f)), lr=1e-3, optimizer="adam",
+                            warmup_steps=50, grad_clip=50.0, checkpoint_every=500, seed=ctx.seed)
         self.flow_ = experiment.train_feature_flow(f, flow, train, store=clf.store)
         self.seed = ctx.seed
         return self
@@ -466,7 +472,7 @@ class FeatureDensity(ClassifierDetector):
     def score_features(self, feats, model):
         from ood_core.feature_flow import feature_flow_scores
 
-        return torch.from_numpy(feature_flow_scores(self.flow_, feats["features"]))
+        return torch.from_numpy(feature_flow_scores(self.flow_, feats["features"][:, self.keep_]))
 
     def predict(self, ctx, key):
         return None  # a density: it does not change the classifier's prediction

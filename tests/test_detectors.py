@@ -266,6 +266,11 @@ def test_flow_on_features_is_trained_once_and_scores_log_p(tmp_path, monkeypatch
     flow = ev.suite.detector(spec).flow_
     assert flow.config == FeatureFlowConfig(dim=8, n_layers=2, hidden=8)
     np.testing.assert_allclose(got, feature_flow_scores(flow, ev.ood_feats["ood"]["features"]))
+    dead = _feature_eval(d=8)  # a unit that never fires on ID training images is left out of the flow
+    dead.fit_feats["features"][:, 3] = 0.0
+    dead.store = ArtifactStore(tmp_path)
+    assert dead.suite.detector(spec).flow_.config.dim == 7
+    assert np.isfinite(dead.suite.scores(spec)["ood"]).all()
     assert np.isnan(ev.suite.accuracy(spec)) and detectors.family_of(spec) == names.GENERATIVE
 
     def no_training(*a, **k):
