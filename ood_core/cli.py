@@ -130,7 +130,7 @@ def cmd_classifier(args: argparse.Namespace) -> int:
                   "near_far": cs.near_far_summary(long, near, [s.name for k, s in ev.ood_sets.items()
                                                                if k.partition(":")[0] in data.SYNTHETIC]).reset_index(),
                   "exponents": ev.exponent_table(95),
-                  "sweep": ev.percentile_sweep(C.percentiles),
+                  "sweep": ev.percentile_sweep(C.percentiles, shapers=(*cs.SWEEP_SHAPERS, "scale")),
                   "local_vs_global": ev.local_vs_global(C.ablation_percentiles),
                   "where_to_ash": ev.where_to_ash(90)}
         print(f"== {run.label} ({P.name} profile): {ev.trained.meta['steps']} steps, "

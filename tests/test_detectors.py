@@ -1,6 +1,7 @@
 """Detectors: spec parsing, the registry, one pipeline for score and accuracy, same images, the tables."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -279,3 +280,67 @@ def test_flow_on_features_is_trained_once_and_scores_log_p(tmp_path, monkeypatch
     monkeypatch.setattr(experiment, "train", no_training)
     again = detectors.Suite(ev.context).scores(spec)["ood"]  # a new suite: fitted from the cache
     np.testing.assert_allclose(again, got)
+
+def test_percentile_sweep_adds_scale_as_its_formula_and_keeps_the_default_cache_key(tmp_path):
+    """SCALE in the sweep is energy(exp(s1/s2) * W f + b) with s2 the top-k sum at p; the default sweep's cache
+    entry (ASH-P/B/S, keyed by the percentiles alone) is neither replaced nor reused for another shaper list."""
+    import dataclasses
+
+    from sklearn.metrics import roc_auc_score
+
+    from ood_core.artifacts import ArtifactStore
+    from ood_core.experiment import Trained
+
+    g = torch.Generator().manual_seed(3)
+    d = 32
+    model = _Linear(d).eval()
+
+    def feats(n, spread):  # post-ReLU features, per-sample sparsity set by `spread` (s1/s2 differs per sample)
+        f = torch.relu(torch.randn(n, d, generator=g) + spread * torch.rand(n, 1, generator=g))
+        with torch.no_grad():
+            logits = model.head(f)
+        return {"features": f.numpy(), "logits": logits.numpy(), "y": logits.argmax(1).numpy()}
+
+    def images(n, s):
+        return data.synthetic("uniform", n, (1, 4, 4), seed=s)
+
+    ev = cs.ClassifierEvaluation(Trained(None, model, None), images(60, 1), {"ood": images(50, 2)}, {},
+                                 feats(100, 1.0), feats(60, 1.0), {"ood": feats(50, -0.5)},
+                                 key={"case": "sweep shapers"}, store=ArtifactStore(tmp_path))
+    ps = (0, 50, 90)
+    default = ev.percentile_sweep(ps)
+    assert list(dict.fromkeys(default["shaper"])) == ["ASH-P", "ASH-B", "ASH-S"]
+    with_scale = ev.percentile_sweep(ps, shapers=("ash_s", "scale"))
+    assert list(dict.fromkeys(with_scale["shaper"])) == ["ASH-S", "SCALE"]
+    # the default table is still cached under its old parameters (the list of percentiles alone)
+    cached = ev._table("sweep", list(ps), lambda: pytest.fail("the default sweep was not cached under its old key"))
+    pd.testing.assert_frame_equal(cached, default)
+    pd.testing.assert_frame_equal(with_scale[with_scale["shaper"] == "ASH-S"].reset_index(drop=True),
+                                  default[default["shaper"] == "ASH-S"].reset_index(drop=True))
+    # a fresh evaluation on the same store reads the SCALE table back from the cache, not the default one
+    again = dataclasses.replace(ev).percentile_sweep(ps, shapers=["ash_s", "scale"])
+    pd.testing.assert_frame_equal(again, with_scale)
+
+    w = model.fc.weight.detach().double().numpy()
+    b = model.fc.bias.detach().double().numpy()
+
+    def scale_energy(fd, p):
+        f = fd["features"].astype(np.float64)
+        k = d - round(d * p / 100)
+        r = f.sum(1) / np.sort(f, axis=1)[:, ::-1][:, :k].sum(1)
+        logits = np.exp(r)[:, None] * (f @ w.T) + b
+        top = logits.max(1)
+        return np.log(np.exp(logits - top[:, None]).sum(1)) + top, logits.argmax(1)
+
+    aurocs = []
+    for p in ps:
+        e_id, pred = scale_energy(ev.id_feats, p)
+        e_ood, _ = scale_energy(ev.ood_feats["ood"], p)
+        auroc = 100 * roc_auc_score(np.r_[np.ones(len(e_id)), np.zeros(len(e_ood))], np.r_[e_id, e_ood])
+        row = with_scale[(with_scale["shaper"] == "SCALE") & (with_scale["percentile"] == p)].iloc[0]
+        assert row[names.AUROC] == pytest.approx(auroc, abs=1e-9)
+        assert row[names.ID_ACCURACY] == pytest.approx(100 * (pred == ev.id_feats["y"]).mean())
+        aurocs.append(auroc)
+    assert 5 < min(aurocs) and max(aurocs) < 95  # not a degenerate (perfectly separated) case
+    with pytest.raises(ValueError, match="shapers must be"):
+        ev.percentile_sweep(ps, shapers=("react",))
