@@ -112,7 +112,7 @@ plt.show()
 id_r2 = float(np.median(views[names.ID_TEST].explained))
 ood_r2 = {glow.names[k]: float(np.median(v.explained)) for k, v in views.items() if k != names.ID_TEST}
 local_row = claims.record("kirichenko_local", {"model": glow.run.label, "id_r2": id_r2, "ood_r2": ood_r2}, P.name, seed)
-display(Markdown(f"**{local_row['verdict']}.** {local_row['our evidence']}."))
+display(Markdown(f"**Verdict ({P.name} profile): {local_row['verdict']}.** {local_row['our evidence']}."))
 
 # %% [markdown]
 # ## The remedies on both directions, over training seeds
