@@ -52,7 +52,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ood_core import data as data_mod
-from ood_core import likelihood
+from ood_core import likelihood, units
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,6 @@ __all__ = [
     "reconstruction_table",
 ]
 
-_LN2 = math.log(2.0)
 _PIXEL_BINS = 256.0
 
 
@@ -298,7 +297,7 @@ def _curvature_form(model: nn.Module, var_ood: torch.Tensor, var_id: torch.Tenso
     gap_nats = 0.5 * float((curvature * delta_var_sum).sum())
     num_dims = int(np.prod(shape))
     return ClosedForm(gains=gains, curvature=curvature, curvature_input=curvature.reshape(shape[0], 4).mean(1),
-                      delta_var_sum=delta_var_sum, gap_nats=gap_nats, gap_bpd=gap_nats / (num_dims * _LN2),
+                      delta_var_sum=delta_var_sum, gap_nats=gap_nats, gap_bpd=gap_nats / (num_dims * units.LN2),
                       sigma=float(sigma), form=form)
 
 
@@ -426,7 +425,7 @@ def expected_log_column_sum_sq(num_channels: int) -> float:
         raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
     c = int(num_channels)
     if c % 2 == 0:
-        return math.log(c) - 2.0 * _LN2 - math.fsum(1.0 / k for k in range(1, c // 2))
+        return math.log(c) - 2.0 * units.LN2 - math.fsum(1.0 / k for k in range(1, c // 2))
     return math.log(c) - math.fsum(2.0 / (2 * k - 1) for k in range(1, (c - 1) // 2 + 1))
 
 
@@ -738,7 +737,7 @@ def second_order_table(model: nn.Module, sets: Mapping[str, torch.Tensor], id_ke
         raise ValueError("sets needs at least one OOD set besides the ID set")
     names = dict(names or {})
     num_dims = int(np.prod(sets[id_key].shape[1:]))
-    to_bpd = 1.0 / (num_dims * _LN2)
+    to_bpd = 1.0 / (num_dims * units.LN2)
     if bpd is None:
         bpd = {k: likelihood.score_flow(model, x, seed=seed)["bpd"] for k, x in sets.items()}
     x_id = sets[id_key]
@@ -946,7 +945,7 @@ def log_prob_contributions(model: nn.Module, x_uint8: torch.Tensor, seed: int = 
         model.train(was_training)
     nats = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=columns, dtype=float)
     nats.columns = pd.MultiIndex.from_tuples(columns, names=["level", "term"])
-    bits = -nats / (num_dims * _LN2)
+    bits = -nats / (num_dims * units.LN2)
     bits[(-1, INPUT_SCALING)] = float(n_bits)  # -(-D n_bits ln 2) / (D ln 2)
     return bits
 
@@ -977,7 +976,7 @@ def log_prob_breakdown(model: nn.Module, x_uint8: torch.Tensor, seed: int = 0, b
         rows.append({"level": level, "term": term, "label": TERM_LABELS[term], "bits/dim": mean,
                      "s.e.": float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan"),
                      "median": float(np.median(values)), "dims": dims,
-                     "nats per dim": -mean * num_dims * _LN2 / dims})
+                     "nats per dim": -mean * num_dims * units.LN2 / dims})
     table = pd.DataFrame(rows).set_index(["level", "term"])
     table.attrs.update({"bpd": float(bits.to_numpy().sum(1).mean()), "num_dims": num_dims})
     return table

@@ -16,7 +16,7 @@ know?") that the book compares against raw likelihood:
   in-distribution data.
 
 Reporting helpers: :func:`seed_spread` and :func:`format_ci` (the bootstrap interval itself is
-:func:`ood_core.metrics.bootstrap_ci`), and :func:`verdict` for the claims ledger.
+:func:`ood_core.metrics.bootstrap_ci`); the claims' verdicts live in :mod:`ood_core.claims`.
 
 Conventions
 -----------
@@ -47,6 +47,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 from sklearn.svm import OneClassSVM
 
+from ood_core import units
 from ood_core.metrics import auroc
 
 __all__ = [
@@ -55,7 +56,6 @@ __all__ = [
     "DoSE",
     "FLOW_DOSE_STATISTICS",
     "VAE_DOSE_STATISTICS",
-    "VERDICTS",
     "compressed_bits",
     "dose_statistics",
     "ensemble_log_likelihood",
@@ -68,14 +68,11 @@ __all__ = [
     "seed_spread",
     "typicality_auroc_by_batch_size",
     "typicality_scores",
-    "verdict",
     "waic",
 ]
 
-_LN2 = math.log(2.0)
 
 COMPRESSION_CODECS: tuple[str, ...] = ("png", "webp", "lzma")
-VERDICTS: tuple[str, ...] = ("reproduced", "partly", "not")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -352,7 +349,7 @@ def input_complexity_statistic(
         raise ValueError(f"log_px_nats has {log_px.size} entries but x_uint8 has {images.shape[0]} images")
     num_dims = int(np.prod(images.shape[1:]))
     bits = compressed_bits(images, codec).astype(np.float64)
-    return (-log_px / _LN2 - bits) / num_dims
+    return (-log_px / units.LN2 - bits) / num_dims
 
 
 def input_complexity_score(
@@ -729,25 +726,3 @@ def format_ci(point: float, low: float, high: float, digits: int = 1) -> str:
     if not low <= high:
         raise ValueError(f"interval bounds out of order: low={low} > high={high}")
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def verdict(condition_full: bool, condition_partial: bool) -> str:
-    """The claims ledger's verdict from two explicit, precomputed conditions.
-
-    * ``condition_full`` -> ``"reproduced"`` (it takes precedence, whatever ``condition_partial``);
-    * else ``condition_partial`` -> ``"partly"``;
-    * else ``"not"``.
-
-    The rule for each claim lives where the claim is stated, e.g.
-    ``verdict(auroc >= 95, auroc >= 85)``, so the ledger shows both the number and the rule.
-    Only booleans are accepted (Python or numpy): passing a measured number by mistake raises
-    ``TypeError`` rather than being read as truthy.
-    """
-    for name, value in (("condition_full", condition_full), ("condition_partial", condition_partial)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool (a comparison such as auroc >= 95), got {type(value).__name__}")
-    if condition_full:
-        return VERDICTS[0]
-    if condition_partial:
-        return VERDICTS[1]
-    return VERDICTS[2]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
+from ood_core import units
 from ood_core.flows import gaussian_log_prob
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ __all__ = [
     "score_flow",
 ]
 
-_LN2 = math.log(2.0)
 
 
 def _check_uint8(x: Any, name: str = "x_uint8") -> torch.Tensor:
@@ -123,7 +122,7 @@ def bits_per_dim(log_likelihood_nats: torch.Tensor | float, num_dims: int) -> to
     """``bpd = -log_likelihood / (num_dims * ln 2)`` (nats of the discrete data -> bits/dim)."""
     if num_dims <= 0:
         raise ValueError(f"num_dims must be positive, got {num_dims}")
-    return -torch.as_tensor(log_likelihood_nats) / (num_dims * _LN2)
+    return units.bits_per_dim(torch.as_tensor(log_likelihood_nats), num_dims)
 
 
 def _model_device_dtype(
@@ -252,7 +251,7 @@ def flow_log_likelihood(
     capture = _capture_latents(model) if per_level else contextlib.nullcontext()
     with capture as captured:
         log_pz, flow_logdet = model.log_prob_parts(x)
-    logdet = flow_logdet - num_dims * n_bits * _LN2
+    logdet = flow_logdet - units.dequantization_nats(num_dims, n_bits)
     log_px = log_pz + logdet
     bpd_pz = bits_per_dim(log_pz, num_dims)
     bpd_logdet = bits_per_dim(logdet, num_dims)
@@ -299,43 +298,24 @@ def score_flow(
     if isinstance(x_uint8, np.ndarray):
         x_uint8 = torch.from_numpy(x_uint8)
     _check_uint8(x_uint8)
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     model_device, _ = _model_device_dtype(model, x_uint8)
     device = torch.device(device) if device is not None else model_device
     same_device = device.type == model_device.type and device.index in (None, model_device.index)
     if not same_device and any(True for _ in model.parameters()):
         raise ValueError(f"model is on {model_device} but device={device}; move the model first")
-    if same_device:
-        device = model_device
-    generator = torch.Generator().manual_seed(seed)
-    parts: dict[str, list[np.ndarray]] = {}
-    level_keys: list[str] = []
-    if per_level:
-        level_keys = [f"log_pz_level{i}" for i in range(len(_glow_levels(model)))] + ["z_sqnorm"]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in tqdm(range(0, len(x_uint8), batch_size), desc="scoring", leave=False):
-                batch = x_uint8[start : start + batch_size].to(device)
-                result = flow_log_likelihood(
-                    model, batch, generator=generator, n_bits=n_bits, per_level=per_level
-                )
-                for key in ("log_pz", "logdet", *level_keys):
-                    parts.setdefault(key, []).append(result[key].double().cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not parts:
-        log_pz = logdet = np.zeros(0)
-        num_dims = 1
-    else:
-        log_pz = np.concatenate(parts["log_pz"])
-        logdet = np.concatenate(parts["logdet"])
-        num_dims = int(np.prod(x_uint8.shape[1:]))
+    level_keys = [f"log_pz_level{i}" for i in range(len(_glow_levels(model)))] + ["z_sqnorm"] if per_level else []
+
+    def terms(batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        result = flow_log_likelihood(model, batch, generator=generator, n_bits=n_bits, per_level=per_level)
+        return {key: result[key] for key in ("log_pz", "logdet", *level_keys)}
+
+    parts = score_batches(model, x_uint8, terms, batch_size=batch_size, seed=seed)
+    empty = np.zeros(0)
+    log_pz, logdet = parts.get("log_pz", empty), parts.get("logdet", empty)
+    num_dims = int(np.prod(x_uint8.shape[1:]))
     # Derived terms are recomputed in float64 so that the identities hold in the arrays returned.
-    bpd_pz = -log_pz / (num_dims * _LN2)
-    bpd_logdet = -logdet / (num_dims * _LN2)
+    bpd_pz = units.bits_per_dim(log_pz, num_dims)
+    bpd_logdet = units.bits_per_dim(logdet, num_dims)
     out = {
         "log_px": log_pz + logdet,
         "log_pz": log_pz,
@@ -344,8 +324,7 @@ def score_flow(
         "bpd_pz": bpd_pz,
         "bpd_logdet": bpd_logdet,
     }
-    for key in level_keys:
-        out[key] = np.concatenate(parts[key]) if key in parts else np.zeros(0)
+    out.update({key: parts.get(key, empty) for key in level_keys})
     return out
 
 

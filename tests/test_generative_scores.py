@@ -31,7 +31,6 @@ from ood_core.generative_scores import (
     seed_spread,
     typicality_auroc_by_batch_size,
     typicality_scores,
-    verdict,
     waic,
 )
 from ood_core.metrics import auroc
@@ -249,19 +248,6 @@ def test_seed_spread_and_format_ci():
     assert format_ci(91.234, 89.75, 92.5, digits=2) == "91.23 [89.75, 92.50]"
     with pytest.raises(ValueError, match="order"):
         format_ci(1.0, 2.0, 1.0)
-
-
-def test_verdict_truth_table():
-    assert verdict(True, True) == "reproduced"
-    assert verdict(True, False) == "reproduced"
-    assert verdict(False, True) == "partly"
-    assert verdict(False, False) == "not"
-    assert verdict(np.float64(96.0) >= 95, np.float64(96.0) >= 85) == "reproduced"
-    with pytest.raises(TypeError, match="bool"):
-        verdict(96.0, True)
-
-
-# ------------------------------------------------------------------------------------- DoSE
 
 
 def _correlated_stats(n: int, seed: int, shift: float = 0.0, column: int = 1) -> dict[str, np.ndarray]:
