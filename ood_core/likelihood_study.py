@@ -174,11 +174,22 @@ def published(run: LikelihoodRun) -> Published | None:
 
 # ------------------------------------------------------------------------------------- ensembles
 
-def _check_same_images(members: list) -> None:
+def _shared_names(members: list, set_names: dict[str, str] | None) -> dict[str, str]:
+    """The sets an ensemble combines: every set but each member's own held-out images.
+
+    The ID held-out set is drawn from what *that* member did not train on, so members trained with
+    different seeds hold out different images; it cannot be combined across members.
+    """
+    chosen = dict(set_names or members[0].names)
+    chosen.pop(names.ID_HOLDOUT, None)
+    return chosen
+
+
+def _check_same_images(members: list, keys) -> None:
     first = members[0]
     for m in members[1:]:
-        for k, s in first.sets.items():
-            if content_digest(m.sets[k].x, 64) != content_digest(s.x, 64):
+        for k in keys:
+            if content_digest(m.sets[k].x, 64) != content_digest(first.sets[k].x, 64):
                 raise ValueError(f"members scored different images for {k!r}: use the same n_eval and seed")
 
 
@@ -193,9 +204,9 @@ def ensemble_table(members: list, set_names: dict[str, str] | None = None) -> pd
     """
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-    _check_same_images(members)
+    set_names = _shared_names(members, set_names)
+    _check_same_images(members, set_names)
     first = members[0]
-    set_names = set_names or first.names
     d = int(np.prod(first.sets[names.ID_TEST].x.shape[1:]))
     stack = {k: np.stack([m.scores[k]["log_px"] for m in members]) for k in set_names}  # [M, N]
     combined = {k: {"ensemble log p": gsc.ensemble_log_likelihood(v), "WAIC": gsc.waic(v)} for k, v in stack.items()}
@@ -220,7 +231,10 @@ def ensemble_by_size(members: list, keys: list[str], set_names: dict[str, str] |
     Two combinations per size: ``log-mean-exp`` (the mixture's likelihood) and ``WAIC``
     (``m = 1``: both are the first member's log p). ID test positive, higher = more ID.
     """
-    set_names = set_names or members[0].names
+    set_names = _shared_names(members, set_names)
+    if names.ID_HOLDOUT in keys:
+        raise ValueError("the ID held-out set differs between members (each holds out what it did not train on)")
+    _check_same_images(members, [names.ID_TEST, *keys])
     rows = []
     for m in range(1, len(members) + 1):
         stack = {k: np.stack([e.scores[k]["log_px"] for e in members[:m]]) for k in [names.ID_TEST, *keys]}

@@ -127,9 +127,9 @@ def test_math_is_typeset_by_the_bundled_mathjax(html):
     assert local == ["../_static/mathjax/tex-chtml.js"], local
     assert (html / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
     assert list((html / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("MathJax_Main-Regular.woff"))
-    # $...$ in displayed Markdown (chapter 12's "Largest $p$") is math too, not text
+    # $...$ in displayed Markdown (chapter 12's OpenOOD note, "Pruning at $p = 95$") is math too, not text
     ash = (html / "chapters" / "12_ash_ablations.html").read_text()
-    assert re.search(r'Largest <span class="math notranslate nohighlight">\\\(p\\\)</span>', ash)
+    assert re.search(r'Pruning at <span class="math notranslate nohighlight">\\\(p = 95\\\)</span>', ash)
 
 
 @pytest.mark.slow
@@ -188,7 +188,7 @@ def test_execution_statistics_page_lists_every_chapter(html, smoke_book):
 def test_rerun_page_is_in_the_book(html):
     text = re.sub(r"<[^>]+>", "", (html / "rerun.html").read_text())
     for phrase in ("Rerun and extend a chapter", "make lab", "--only 02_glow_fashion_mnist --profile paper",
-                   "papermill 16_input.ipynb 16_paper.ipynb -p profile paper -p folder", "artifacts/"):
+                   "papermill 17_input.ipynb 17_paper.ipynb -p profile paper -p folder", "artifacts/"):
         assert phrase in text, phrase
 
 

@@ -200,6 +200,20 @@ def test_ensemble_refuses_members_scored_on_other_images():
         ls.ensemble_table([a])
 
 
+def test_ensemble_leaves_out_each_members_own_heldout_set():
+    # members trained on different subsets hold out different ID images: combine the shared sets only
+    members = []
+    for seed in range(3):
+        sets = _sets()
+        sets[names.ID_HOLDOUT] = _named(data.synthetic("gaussian", 10, (1, 8, 8), seed=50 + seed), "Gauss held-out")
+        members.append(_member(seed, sets))
+    t = ls.ensemble_table(members)
+    assert "Gauss held-out" not in t.index and "uniform noise" in t.index
+    with pytest.raises(ValueError, match="held-out"):
+        ls.ensemble_by_size(members, [names.ID_HOLDOUT])
+    assert len(ls.ensemble_by_size(members, ["uniform"])) == 3 * 2
+
+
 def test_ensemble_by_size_starts_at_the_first_member():
     members = [_member(s) for s in range(3)]
     t = ls.ensemble_by_size(members, ["uniform", "constant"])
