@@ -164,10 +164,13 @@ def _is_positive_int(value: Any) -> bool:
 def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """``sum log N(z; mean, exp(log_std)^2)`` over all but the batch dimension, shape ``[B]``.
 
-    ``log N = -0.5 * (log 2 pi + 2 log_std + (z - mean)^2 exp(-2 log_std))``.
+    ``log N = -0.5 * (log 2 pi + 2 log_std + (z - mean)^2 exp(-2 log_std))``, summed as
+    ``-D/2 log 2 pi - sum log_std - 1/2 sum ((z - mean) exp(-log_std))^2`` (fewer passes).
     """
-    per_dim = -0.5 * (_LOG_2PI + 2.0 * log_std + (z - mean) ** 2 * torch.exp(-2.0 * log_std))
-    return per_dim.flatten(1).sum(1)
+    dims = tuple(range(1, z.dim()))
+    standardised = (z - mean) * torch.exp(-log_std)
+    constant = -0.5 * _LOG_2PI * z[0].numel()
+    return constant - log_std.sum(dim=dims) - 0.5 * standardised.square().sum(dim=dims)
 
 
 class FlowTerm(NamedTuple):
@@ -341,7 +344,31 @@ class ZeroConv2d(nn.Module):
         self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * torch.exp(3.0 * self.logs)
+        return self.folded(x)
+
+    def folded(
+        self, x: torch.Tensor, order: torch.Tensor | None = None, offset: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(conv(x) * exp(3 logs))[:, order] + offset`` as one convolution.
+
+        ``conv(x) * s = conv(x; W s, b s)`` (scale folded into weight and bias), output channels
+        reordered by permuting the rows of the folded weight, and the constant ``offset`` (one
+        value per output channel, after reordering) added to the bias. Saves two passes over the
+        output and lets callers take contiguous halves instead of strided ``0::2`` / ``1::2``.
+        """
+        scale = torch.exp(3.0 * self.logs).flatten()
+        weight = self.conv.weight * scale[:, None, None, None]
+        bias = self.conv.bias * scale
+        if order is not None:
+            weight, bias = weight[order], bias[order]
+        if offset is not None:
+            bias = bias + offset
+        return F.conv2d(x, weight, bias, padding=1)
+
+
+def _halves_order(num_pairs: int) -> torch.Tensor:
+    """Channel indices ``0, 2, 4, ..., 1, 3, 5, ...``: interleaved pairs to two contiguous halves."""
+    return torch.cat([torch.arange(0, 2 * num_pairs, 2), torch.arange(1, 2 * num_pairs, 2)])
 
 
 class CouplingNet(nn.Module):
@@ -359,10 +386,30 @@ class CouplingNet(nn.Module):
         nn.init.normal_(self.conv_in.weight, std=0.05)
         nn.init.normal_(self.conv_hidden.weight, std=0.05)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations fed to ``conv_out``: ``relu(ActNorm(conv1x1(relu(ActNorm(conv3x3(x))))))``.
+
+        Once both ActNorms are initialised each ``ActNorm(conv(x)) = conv(x; W e^s, b)`` is one
+        convolution with the per-output-channel scale folded into the weight and the ActNorm bias
+        as the convolution's bias (the same function; the two elementwise passes over the widest
+        activations of the flow, and their backward, are gone). Before that, the layers run one by
+        one so that the data-dependent initialisation sees the convolution outputs.
+        """
+        if not (self.norm_in._is_initialized() and self.norm_hidden._is_initialized()):
+            h = F.relu(self.norm_in(self.conv_in(x))[0])
+            return F.relu(self.norm_hidden(self.conv_hidden(h))[0])
+        h = F.conv2d(x, _fold_actnorm(self.conv_in.weight, self.norm_in), self.norm_in.bias.flatten(), padding=1)
+        h = F.relu(h, inplace=True)
+        h = F.conv2d(h, _fold_actnorm(self.conv_hidden.weight, self.norm_hidden), self.norm_hidden.bias.flatten())
+        return F.relu(h, inplace=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.norm_in(self.conv_in(x))[0])
-        h = F.relu(self.norm_hidden(self.conv_hidden(h))[0])
-        return self.conv_out(h)
+        return self.conv_out(self.hidden(x))
+
+
+def _fold_actnorm(weight: torch.Tensor, norm: ActNorm) -> torch.Tensor:
+    """``weight`` of a convolution followed by ``norm``, with ``exp(log_scale)`` folded into its rows."""
+    return weight * torch.exp(norm.log_scale).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
 class Coupling(nn.Module):
@@ -387,20 +434,37 @@ class Coupling(nn.Module):
         num_b = num_channels - self.num_a
         out_channels = 2 * num_b if coupling == "affine" else num_b
         self.net = CouplingNet(self.num_a, out_channels, width)
+        if coupling == "affine":
+            # net output channels (t, s, t, s, ...) -> (t..., s...), and the "+ 2" of the sigmoid
+            # folded into the bias of the s half; not state: rebuilt from num_b on construction
+            self.register_buffer("_order", _halves_order(num_b), persistent=False)
+            offset = torch.cat([torch.zeros(num_b), torch.full((num_b,), 2.0)])
+            self.register_buffer("_offset", offset, persistent=False)
+        else:
+            self._order = self._offset = None
 
     def _shift_and_log_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.net(x_a)
+        """``t`` and ``log s = logsigmoid(h_s + 2)``, ``h = NN(x_a)`` (``None`` for additive)."""
+        h = self.net.conv_out.folded(self.net.hidden(x_a), self._order, self._offset)
         if self.coupling == "additive":
             return h, None
-        return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
+        num_b = h.shape[1] // 2
+        return h[:, :num_b], F.logsigmoid(h[:, num_b:])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_a, x_b = x[:, : self.num_a], x[:, self.num_a :]
+    def couple(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward`` with the log-det ``None`` (not a zero tensor) for the additive coupling."""
+        # split (not two slices): its backward is one concatenation, not two zero-filled copies
+        x_a, x_b = x.split([self.num_a, x.shape[1] - self.num_a], dim=1)
         shift, log_scale = self._shift_and_log_scale(x_a)
         if log_scale is None:
-            return torch.cat([x_a, x_b + shift], dim=1), _batch_zeros(x)
+            return torch.cat([x_a, x_b + shift], dim=1), None
         y_b = (x_b + shift) * torch.exp(log_scale)
-        return torch.cat([x_a, y_b], dim=1), log_scale.flatten(1).sum(1)
+        # sum over the dimensions, not flatten(1).sum(1): no copy of a channels-last tensor
+        return torch.cat([x_a, y_b], dim=1), log_scale.sum(dim=(1, 2, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, logdet = self.couple(x)
+        return y, _batch_zeros(x) if logdet is None else logdet
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z_a, z_b = z[:, : self.num_a], z[:, self.num_a :]
@@ -434,6 +498,21 @@ class Squeeze(nn.Module):
         return x.reshape(b, c, 2 * h2, 2 * w2), _batch_zeros(z)
 
 
+def _squeeze_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """:class:`Squeeze`'s output (same values and channel order ``4c + 2i + j``) in channels-last memory.
+
+    One copy from any input layout. The flow's convolutions (oneDNN on CPU) run on channels-last
+    tensors without converting them to and from their blocked layout at every call, which is
+    most of the cost of the small-channel convolutions of a Glow; the rest of the flow is
+    elementwise and layout-agnostic.
+    """
+    b, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"Squeeze needs even height and width, got {h}x{w}")
+    blocks = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)  # [b, h/2, w/2, c, i, j]
+    return blocks.contiguous().view(b, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)
+
+
 class Split(nn.Module):
     """Factor out half of the channels (multi-scale architecture; official ``split2d``).
 
@@ -452,6 +531,8 @@ class Split(nn.Module):
         self.num_out = num_channels // 2
         self.num_kept = num_channels - self.num_out
         self.prior = ZeroConv2d(self.num_kept, 2 * self.num_out) if learn_prior else None
+        # prior output channels (mean, log_std, mean, ...) -> (mean..., log_std...); not state
+        self.register_buffer("_order", _halves_order(self.num_out), persistent=False)
 
     def prior_params(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-std of ``p(z | kept)``, each shaped like ``z``."""
@@ -459,8 +540,8 @@ class Split(nn.Module):
             shape = (kept.shape[0], self.num_out, kept.shape[2], kept.shape[3])
             zeros = kept.new_zeros(shape)
             return zeros, zeros
-        h = self.prior(kept)
-        return h[:, 0::2], h[:, 1::2]
+        h = self.prior.folded(kept, self._order)
+        return h[:, : self.num_out], h[:, self.num_out :]
 
     def log_prob(self, kept: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         mean, log_std = self.prior_params(kept)
@@ -494,11 +575,29 @@ class FlowStep(nn.Module):
         self.coupling = Coupling(num_channels, width, coupling)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = _batch_zeros(x)
-        for layer in (self.actnorm, self.invconv, self.coupling):
-            x, ld = layer(x)
-            logdet = logdet + ld
-        return x, logdet
+        """``coupling(invconv(actnorm(x)))``; log-det the sum of the three.
+
+        Once the ActNorm is initialised, ActNorm and 1x1 convolution run as one 1x1 convolution:
+        ``W (x e^s + b) = (W diag(e^s)) x + W b``, with the log-det ``H W (sum s + log|det W|)``
+        computed once as a scalar (the same function; one pass over the activations instead of
+        three, in both directions of autograd).
+        """
+        if not self.actnorm._is_initialized():
+            logdet = _batch_zeros(x)
+            for layer in (self.actnorm, self.invconv, self.coupling):
+                x, ld = layer(x)
+                logdet = logdet + ld
+            return x, logdet
+        channels = self.invconv.num_channels
+        w = self.invconv.weight()
+        weight = w * torch.exp(self.actnorm.log_scale).reshape(1, channels)
+        bias = w @ self.actnorm.bias.reshape(channels)
+        h = F.conv2d(x, weight.view(channels, channels, 1, 1), bias)
+        volume = x.shape[2] * x.shape[3] * (self.actnorm.log_scale.sum() + self.invconv._log_abs_det())
+        h, coupling_logdet = self.coupling.couple(h)
+        if coupling_logdet is None:
+            return h, _per_example(volume, x)
+        return h, coupling_logdet + volume
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = _batch_zeros(z)
@@ -630,8 +729,11 @@ class Glow(nn.Module):
         zs = []
         h = x
         for index, level in enumerate(self.levels):
-            h, ld = level.squeeze(h)
-            logdet = logdet + ld
+            if terms is None:
+                h = _squeeze_channels_last(h)  # Squeeze's values, laid out for the convolutions
+            else:
+                h, ld = level.squeeze(h)
+                logdet = logdet + ld
             for step_index, step in enumerate(level.steps):
                 if terms is None:
                     h, ld = step(h)
@@ -662,7 +764,7 @@ class Glow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         zs, logdet, _ = self._encode(x, with_prior=False)
-        return zs, logdet
+        return [z.contiguous() for z in zs], logdet
 
     def log_prob_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_pz, logdet)`` in nats, each ``[B]``, for ``x`` in the model input space.
