@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -ra
 
 bench: $(STAMP)
-	$(PY) -m ood_core bench
+	OMP_NUM_THREADS=2 $(PY) -m ood_core bench
 
 clean-book:
 	rm -rf book/_build book/chapters
