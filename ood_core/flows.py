@@ -344,31 +344,7 @@ class ZeroConv2d(nn.Module):
         self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.folded(x)
-
-    def folded(
-        self, x: torch.Tensor, order: torch.Tensor | None = None, offset: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``(conv(x) * exp(3 logs))[:, order] + offset`` as one convolution.
-
-        ``conv(x) * s = conv(x; W s, b s)`` (scale folded into weight and bias), output channels
-        reordered by permuting the rows of the folded weight, and the constant ``offset`` (one
-        value per output channel, after reordering) added to the bias. Saves two passes over the
-        output and lets callers take contiguous halves instead of strided ``0::2`` / ``1::2``.
-        """
-        scale = torch.exp(3.0 * self.logs).flatten()
-        weight = self.conv.weight * scale[:, None, None, None]
-        bias = self.conv.bias * scale
-        if order is not None:
-            weight, bias = weight[order], bias[order]
-        if offset is not None:
-            bias = bias + offset
-        return F.conv2d(x, weight, bias, padding=1)
-
-
-def _halves_order(num_pairs: int) -> torch.Tensor:
-    """Channel indices ``0, 2, 4, ..., 1, 3, 5, ...``: interleaved pairs to two contiguous halves."""
-    return torch.cat([torch.arange(0, 2 * num_pairs, 2), torch.arange(1, 2 * num_pairs, 2)])
+        return self.conv(x) * torch.exp(3.0 * self.logs)
 
 
 class CouplingNet(nn.Module):
@@ -434,22 +410,12 @@ class Coupling(nn.Module):
         num_b = num_channels - self.num_a
         out_channels = 2 * num_b if coupling == "affine" else num_b
         self.net = CouplingNet(self.num_a, out_channels, width)
-        if coupling == "affine":
-            # net output channels (t, s, t, s, ...) -> (t..., s...), and the "+ 2" of the sigmoid
-            # folded into the bias of the s half; not state: rebuilt from num_b on construction
-            self.register_buffer("_order", _halves_order(num_b), persistent=False)
-            offset = torch.cat([torch.zeros(num_b), torch.full((num_b,), 2.0)])
-            self.register_buffer("_offset", offset, persistent=False)
-        else:
-            self._order = self._offset = None
 
     def _shift_and_log_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``t`` and ``log s = logsigmoid(h_s + 2)``, ``h = NN(x_a)`` (``None`` for additive)."""
-        h = self.net.conv_out.folded(self.net.hidden(x_a), self._order, self._offset)
+        h = self.net(x_a)
         if self.coupling == "additive":
             return h, None
-        num_b = h.shape[1] // 2
-        return h[:, :num_b], F.logsigmoid(h[:, num_b:])
+        return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
 
     def couple(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``forward`` with the log-det ``None`` (not a zero tensor) for the additive coupling."""
@@ -531,8 +497,6 @@ class Split(nn.Module):
         self.num_out = num_channels // 2
         self.num_kept = num_channels - self.num_out
         self.prior = ZeroConv2d(self.num_kept, 2 * self.num_out) if learn_prior else None
-        # prior output channels (mean, log_std, mean, ...) -> (mean..., log_std...); not state
-        self.register_buffer("_order", _halves_order(self.num_out), persistent=False)
 
     def prior_params(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-std of ``p(z | kept)``, each shaped like ``z``."""
@@ -540,8 +504,8 @@ class Split(nn.Module):
             shape = (kept.shape[0], self.num_out, kept.shape[2], kept.shape[3])
             zeros = kept.new_zeros(shape)
             return zeros, zeros
-        h = self.prior.folded(kept, self._order)
-        return h[:, : self.num_out], h[:, self.num_out :]
+        h = self.prior(kept)
+        return h[:, 0::2], h[:, 1::2]
 
     def log_prob(self, kept: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         mean, log_std = self.prior_params(kept)
