@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(PY) -m pytest -ra
 
 bench: $(STAMP)
-	$(PY) -m ood_core bench
+	OMP_NUM_THREADS=2 $(PY) -m ood_core bench
 
 # Removes the HTML, the stored chapter executions and their timings (artifacts/ stays).
 clean-book:

@@ -159,6 +159,63 @@ def test_zero_init_coupling_is_identity_or_constant_scale():
 
 
 # --------------------------------------------------------------------------------------------
+# The folded fast paths compute the same functions as the layers one by one
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coupling,lu", [("affine", True), ("additive", False), ("affine", False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_flow_step_equals_its_three_layers(coupling, lu, channels_last):
+    # FlowStep.forward runs ActNorm + 1x1 conv as one convolution and the coupling network with its
+    # ActNorms folded into the convolutions; the layers applied one by one are the definition.
+    torch.manual_seed(0)
+    x = _layer_input("flowstep", 3, torch.float64)
+    step = _ready(FlowStep(4, width=8, coupling=coupling, lu=lu), x, scale=0.2)
+    expected, expected_logdet = x, torch.zeros(3, dtype=torch.float64)
+    for layer in (step.actnorm, step.invconv):
+        expected, ld = layer(expected)
+        expected_logdet = expected_logdet + ld
+    x_a, x_b = expected[:, :2], expected[:, 2:]
+    net = step.coupling.net
+    h = net.norm_in(net.conv_in(x_a))[0].relu()
+    h = net.norm_hidden(net.conv_hidden(h))[0].relu()
+    h = net.conv_out.conv(h) * torch.exp(3.0 * net.conv_out.logs)
+    if coupling == "affine":
+        shift, scale = h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0)
+        y_b = (x_b + shift) * scale
+        expected_logdet = expected_logdet + torch.log(scale).flatten(1).sum(1)
+    else:
+        y_b = x_b + h
+    inputs = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    z, logdet = step(inputs)
+    torch.testing.assert_close(z, torch.cat([x_a, y_b], dim=1), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(logdet, expected_logdet, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(net(x_a), h, atol=1e-12, rtol=1e-12)
+
+
+def test_channels_last_squeeze_has_the_values_of_squeeze():
+    from ood_core.flows import _squeeze_channels_last
+
+    x = _data((2, 3, 8, 6))
+    expected, _ = Squeeze()(x)
+    for source in (x, x.contiguous(memory_format=torch.channels_last), _data((2, 5, 8, 6))[:, 1:4]):
+        z = _squeeze_channels_last(source)
+        assert z.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(z, Squeeze()(source)[0], atol=0, rtol=0)
+    torch.testing.assert_close(_squeeze_channels_last(x), expected, atol=0, rtol=0)
+
+
+def test_glow_latents_are_contiguous_and_log_prob_matches_the_layer_path():
+    model = _ready_glow(_tiny_config(image_shape=(3, 8, 8)), dtype=torch.float64)
+    x = _data((3, 3, 8, 8), seed=8) * 0.3
+    zs, logdet = model(x)
+    assert all(z.is_contiguous() for z in zs)
+    # the layer-by-layer path of log_prob_terms (plain Squeeze, unfolded layers) agrees
+    terms = model.log_prob_terms(x)
+    torch.testing.assert_close(sum(t.value for t in terms if t.kind in LAYER_TERMS), logdet, atol=1e-10, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
 # ActNorm data-dependent initialisation and state_dict
 # --------------------------------------------------------------------------------------------
 
