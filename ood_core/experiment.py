@@ -148,7 +148,7 @@ class LikelihoodRun(RunMixin):
 
 @dataclass(frozen=True)
 class ClassifierRun(RunMixin):
-    """One trained classifier: data, architecture, optimisation, augmentation."""
+    """One trained classifier: data, architecture, optimisation, augmentation, label smoothing."""
 
     family: ClassVar[str] = "classifier"
     dataset: str
@@ -158,9 +158,13 @@ class ClassifierRun(RunMixin):
     augment: bool = True  # random crop (zero padding 4) and, for colour sets, horizontal flip
     n_curve: int = 1000  # test images for the accuracy curve
     eval_batch: int = field(default=512, metadata={"key": False})  # feature extraction: memory only
+    # Added after results were committed: in the key only when set (the default keeps old keys).
+    label_smoothing: float = field(default=0.0, metadata={"key": "if-set"})  # target (1 - a) onehot + a / K
 
     def __post_init__(self):
         _check_dataset(self.dataset)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
 
     def on(self, dataset: str) -> "ClassifierRun":
         """The same recipe trained on another ID dataset of the same shape."""

@@ -270,10 +270,15 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, 
               rows, cols]
 
 
-def cross_entropy_loss(model, batch) -> torch.Tensor:
-    """Cross-entropy of the logits of ``uint8`` images scaled to ``[0, 1]`` (models normalise inside)."""
+def cross_entropy_loss(model, batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of the logits of ``uint8`` images scaled to ``[0, 1]`` (models normalise inside).
+
+    With ``label_smoothing = a`` the target is ``(1 - a) onehot(y) + a / K`` (Szegedy et al. 2016,
+    sec. 7), as in ``torch.nn.functional.cross_entropy``. The loss is computed in float32 whatever
+    precision the logits come in.
+    """
     x, y = batch
-    return F.cross_entropy(model(x.float() / 255.0), y)
+    return F.cross_entropy(model(x.float() / 255.0).float(), y, label_smoothing=label_smoothing)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
@@ -286,13 +291,27 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
     return 100.0 * correct / len(x)
 
 
+#: Training images handed to a classifier's data-dependent initialisation (the first ones of its training set).
+N_INIT_IMAGES = 5000
+
+
 def _classifier_training(run) -> Training:
     images = _train_images(run)
     test = data.load(run.dataset, "test").subset(run.n_curve, seed=1)
     flip = data.spec(run.dataset).shape[0] == 3
     transform = (lambda b, g: (random_crop_flip(b[0], g, flip=flip), b[1])) if run.augment else None
-    return Training(TensorDataset(images.x, images.y), len(images), cross_entropy_loss,
-                    {"test accuracy (%)": lambda m: accuracy(m, test.x, test.y)}, batch_transform=transform)
+    loss = cross_entropy_loss
+    if run.label_smoothing:
+        def loss(model, batch):
+            return cross_entropy_loss(model, batch, run.label_smoothing)
+
+    def init(model, batch):  # e.g. AirbenchNet's patch whitening; a no-op for most classifiers
+        device = next(model.parameters()).device
+        model.initialize_from_data(images.x[:N_INIT_IMAGES].to(device).float() / 255.0)
+
+    return Training(TensorDataset(images.x, images.y), len(images), loss,
+                    {"test accuracy (%)": lambda m: accuracy(m, test.x, test.y)}, init_fn=init,
+                    batch_transform=transform)
 
 
 def _classifier_label(run) -> str:
@@ -301,6 +320,8 @@ def _classifier_label(run) -> str:
         arch = f"ResNet-18 (width {run.model.width})"
     elif arch == "densenet_bc100":
         arch = f"DenseNet-BC-100 (growth {run.model.growth_rate})"
+    elif arch == "airbench":
+        arch = f"airbench net (width {run.model.width})"
     return f"{arch} on {data.spec(run.dataset).title}"
 
 

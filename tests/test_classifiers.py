@@ -13,6 +13,7 @@ from torch import nn
 from ood_core.ash import ash_p, make_shaper
 from ood_core.classifiers import (
     CIFAR_MEAN,
+    AirbenchNet,
     CIFAR_STD,
     IMAGENET_MEAN,
     ClassifierConfig,
@@ -33,6 +34,7 @@ SMALL_MODELS = {
     "resnet18_cifar": (lambda: ResNet18Cifar(num_classes=5, width=4), (2, 3, 32, 32), 32),
     "densenet_small": (lambda: DenseNetBC100(num_classes=5, growth_rate=4, depth=16), (2, 3, 32, 32), 16),
     "small_cnn": (lambda: SmallCNN(num_classes=5, width=4), (2, 1, 28, 28), 16),
+    "airbench": (lambda: AirbenchNet(num_classes=5, width=4), (2, 3, 32, 32), 16),
 }
 
 
@@ -145,6 +147,104 @@ def test_shaping_hands_stage_maps_and_penultimate_vectors(small_models):
     }
 
 
+def test_airbench_stage_shapes_and_nonnegative_features(small_models):
+    model, shape, _ = small_models["airbench"]
+    seen = {}
+
+    def record(stage):
+        def fn(h):
+            seen[stage] = (tuple(h.shape), bool((h >= 0).all()))
+            return h
+
+        return fn
+
+    with torch.no_grad():
+        f = model.features(_images(shape, seed=3), shaping={s: record(s) for s in model.stages})
+    # 2x2 whitening (32 -> 31), then a 2x2 max-pool in each group: 31 -> 15 -> 7 -> 3
+    assert seen == {
+        "block1": ((2, 4, 15, 15), True),
+        "block2": ((2, 16, 7, 7), True),
+        "block3": ((2, 16, 3, 3), True),
+        "penultimate": ((2, 16), True),
+    }
+    assert f.shape == (2, 16) and (f >= 0).all() and (f > 0).any()
+
+
+def _patch_second_moment(h: torch.Tensor) -> torch.Tensor:
+    """E[p p^T] over all 2x2 patches of ``h`` [B, C, H, W], patch values ordered (channel, row, col)."""
+    b, c, height, width = h.shape
+    parts = [h[:, :, di : di + height - 1, dj : dj + width - 1] for di in (0, 1) for dj in (0, 1)]
+    patches = torch.stack(parts, dim=2).permute(0, 3, 4, 1, 2).reshape(-1, 4 * c).double()
+    return patches.T @ patches / len(patches)
+
+
+def test_airbench_whitening_filters_whiten_the_patches():
+    torch.manual_seed(0)
+    model = AirbenchNet(num_classes=3, width=4).eval()
+    # correlated colour images: a smooth random field, channels mixed
+    x = torch.nn.functional.avg_pool2d(_images((40, 3, 34, 34), seed=4), 3, 1)
+    x = torch.einsum("dc,bchw->bdhw", torch.tensor([[1.0, 0.2, 0.1], [0.5, 0.5, 0.0], [0.3, 0.3, 0.4]]), x)
+    model.initialize_from_data(x, chunk=7)  # chunked accumulation must not matter
+    sigma = _patch_second_moment(model.normalise(x))
+    eigenvalues = torch.linalg.eigvalsh(sigma)
+    w = model.whiten_weight.double().reshape(24, 12)
+    # the first 12 filters are diag(lambda + eps)^(-1/2) V^T: W Sigma W^T = diag(lambda / (lambda + eps))
+    expected = torch.diag(eigenvalues / (eigenvalues + model.eps))
+    torch.testing.assert_close(w[:12] @ sigma @ w[:12].T, expected, atol=1e-5, rtol=1e-5)  # float32 filters
+    torch.testing.assert_close(w[12:], -w[:12])  # and their negatives
+    # the whitening layer's outputs on those images have that (near-identity) second moment too
+    with torch.no_grad():
+        z = torch.nn.functional.conv2d(model.normalise(x), model.whiten_weight[:12]).double()
+    z = z.permute(0, 2, 3, 1).reshape(-1, 12)
+    torch.testing.assert_close(z.T @ z / len(z), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_airbench_unfitted_whitening_is_the_patch_basis_and_convs_start_as_identity():
+    model = AirbenchNet(num_classes=3, width=4)
+    x = _images((2, 3, 32, 32), seed=5)
+    h = model.normalise(x)
+    z = torch.nn.functional.conv2d(h, model.whiten_weight)
+    # channel (c, di, dj) of the first half is pixel (i + di, j + dj) of channel c; the second half its negative
+    torch.testing.assert_close(z[:, 0], h[:, 0, :31, :31])
+    torch.testing.assert_close(z[:, 3], h[:, 0, 1:, 1:])
+    torch.testing.assert_close(z[:, 4], h[:, 1, :31, :31])
+    torch.testing.assert_close(z[:, 12:], -z[:, :12])
+    conv = model.block2.conv1.weight  # 4 -> 16 channels: the first 4 filters are Dirac kernels
+    expected = torch.zeros(4, 4, 3, 3)
+    expected[torch.arange(4), torch.arange(4), 1, 1] = 1.0
+    torch.testing.assert_close(conv[:4].detach(), expected)
+
+
+def test_airbench_state_dict_round_trip_keeps_the_fitted_whitening(tmp_path):
+    torch.manual_seed(0)
+    config = ClassifierConfig(arch="airbench", width=4, num_classes=5)
+    model = build_classifier(config)
+    model.initialize_from_data(_images((8, 3, 32, 32), seed=6))
+    model.train()
+    with torch.no_grad():
+        model(_images((8, 3, 32, 32), seed=7))  # move the BatchNorm running statistics
+    model.eval()
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    restored = build_classifier(ClassifierConfig.from_dict(json.loads(json.dumps(config.to_dict()))))
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    restored.eval()
+    assert "whiten_weight" in model.state_dict() and not torch.equal(
+        restored.whiten_weight, AirbenchNet(num_classes=5, width=4).whiten_weight)
+    x = _images((3, 3, 32, 32), seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.features(x), model.features(x))
+        torch.testing.assert_close(restored(x), model(x))
+
+
+def test_data_initialisation_is_a_no_op_for_the_other_classifiers(small_models):
+    for name in ("resnet18_cifar", "small_cnn"):
+        model, shape, _ = small_models[name]
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        model.initialize_from_data(_images(shape))
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_torchvision_stage_shaping(torchvision_models):
     model = torchvision_models["mobilenet_v2"]
     assert model.stages[0] == "block0" and model.stages[-2] == "block18"
@@ -188,6 +288,7 @@ def test_build_classifier_dispatches():
     cases = {
         ClassifierConfig(arch="resnet18_cifar", num_classes=3, width=2): (ResNet18Cifar, 16),
         ClassifierConfig(arch="small_cnn", in_channels=1, width=2, num_classes=3): (SmallCNN, 8),
+        ClassifierConfig(arch="airbench", width=2, num_classes=3): (AirbenchNet, 8),
         ClassifierConfig(arch="torchvision:mobilenet_v2", num_classes=3): (TorchvisionClassifier, 1280),
     }
     for config, (cls, dim) in cases.items():

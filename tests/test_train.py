@@ -168,6 +168,16 @@ def test_lr_schedule_warmup_then_constant_and_cosine():
     assert lr_at_step(0, no_warmup, 5) == 0.3
 
 
+def test_lr_schedule_linear_decay_is_the_one_cycle_triangle():
+    linear = TrainConfig(epochs=1, batch_size=1, lr=2.0, warmup_steps=2, schedule="linear")
+    # warm-up 1.0, 2.0; then decay over steps 2..12 with t = (step - 2) / 10: lr = 2 (1 - t)
+    assert [lr_at_step(s, linear, 12) for s in range(2)] == [1.0, 2.0]
+    for step in range(2, 14):
+        assert lr_at_step(step, linear, 12) == pytest.approx(2.0 * max(0.0, 1 - (step - 2) / 10))
+    no_warmup = TrainConfig(epochs=1, batch_size=1, lr=0.5, schedule="linear")
+    assert [lr_at_step(s, no_warmup, 4) for s in range(4)] == pytest.approx([0.5, 0.375, 0.25, 0.125])
+
+
 def test_optimizer_uses_the_scheduled_learning_rate(tmp_path):
     data, _, _ = make_data()
     config = base_config(epochs=2, eval_every=1)
@@ -278,6 +288,50 @@ def test_resume_is_bit_identical_and_keeps_history(tmp_path):
     assert_bit_identical(params_of(model_a), params_of(model_c))
     # the running train-loss window was checkpointed too, so the whole history matches A
     assert without_time(result_c.history) == without_time(result_a.history)
+
+
+def test_bf16_autocast_on_cpu_is_used_and_resumes_bit_identically(tmp_path):
+    data, _, _ = make_data()
+    config = base_config(amp_bf16_cpu=True, channels_last=True)
+    seen = []
+
+    def recording_loss(model, batch):
+        out = model(batch[0].float() / 255)
+        seen.append(out.dtype)
+        return ((out.float() - batch[1]) ** 2).mean()
+
+    model_a = fresh_model()
+    train(model_a, recording_loss, data, config, tmp_path / "a", progress=False)
+    assert set(seen) == {torch.bfloat16}  # the linear layers ran in bf16
+    model_fp32 = fresh_model()
+    train(model_fp32, mse_loss, data, base_config(), tmp_path / "fp32", progress=False)
+    assert not torch.equal(model_a.out.weight, model_fp32.out.weight)
+    # amp_bf16 alone means CUDA only: on the CPU the run is the float32 one
+    model_cuda_only = fresh_model()
+    train(model_cuda_only, mse_loss, data, base_config(amp_bf16=True), tmp_path / "cuda_only", progress=False)
+    assert_bit_identical(params_of(model_cuda_only), params_of(model_fp32))
+
+    stopped = TrainConfig(**{**config.to_dict(), "max_steps": 7})
+    train(fresh_model(), recording_loss, data, stopped, tmp_path / "b", progress=False)
+    model_b = fresh_model()
+    train(model_b, recording_loss, data, config, tmp_path / "b", progress=False)
+    assert_bit_identical(params_of(model_a), params_of(model_b))
+
+
+def test_checkpoint_from_before_a_new_field_resumes(tmp_path):
+    """A checkpoint written before ``amp_bf16_cpu`` existed held its default: no mismatch."""
+    data, _, _ = make_data()
+    model_a = fresh_model()
+    train(model_a, mse_loss, data, base_config(), tmp_path / "a", progress=False)
+    train(fresh_model(), mse_loss, data, base_config(max_steps=7), tmp_path / "b", progress=False)
+    path = tmp_path / "b" / CHECKPOINT_NAME
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["config"]["amp_bf16_cpu"]
+    torch.save(checkpoint, path)
+    model_b = fresh_model()
+    result = train(model_b, mse_loss, data, base_config(), tmp_path / "b", progress=False)
+    assert result.resumed_from_step == 7
+    assert_bit_identical(params_of(model_a), params_of(model_b))
 
 
 def test_completed_run_is_not_retrained(tmp_path):
