@@ -48,7 +48,7 @@ nets.update({run.label: cs.evaluate(run, C.n_eval, C.n_fit, C.ood["cifar10"], se
 near = [ev.names[k] for k in C.near["cifar10"] if k in ev.names]
 synthetic = [s.name for k, s in ev.ood_sets.items() if k.partition(":")[0] in data.SYNTHETIC]
 own = f"{P.name} profile"
-# the ResNet-18's evidence is the profile's own; every further network is a source of its own
+# the profile's CIFAR-10 classifier's evidence is the profile's own; every further network is a source of its own
 sources = {label: None if label == ev.trained.run.label else f"{own}, {label}" for label in nets}
 SHAPERS = ("ash_p", "ash_b", "ash_s", "scale")
 P_EXP = 95  # ASH-S's CIFAR percentile, at which its rescaling is taken apart

@@ -155,16 +155,19 @@ class ClassifierRun(RunMixin):
     model: ClassifierConfig
     train: TrainConfig
     n_train: int | None = None
-    augment: bool = True  # random crop (zero padding 4) and, for colour sets, horizontal flip
+    augment: bool = True  # random crop (zero padding crop_pad) and, for colour sets, horizontal flip
     n_curve: int = 1000  # test images for the accuracy curve
     eval_batch: int = field(default=512, metadata={"key": False})  # feature extraction: memory only
     # Added after results were committed: in the key only when set (the default keeps old keys).
     label_smoothing: float = field(default=0.0, metadata={"key": "if-set"})  # target (1 - a) onehot + a / K
+    crop_pad: int = field(default=4, metadata={"key": "if-set"})  # random-crop padding in pixels
 
     def __post_init__(self):
         _check_dataset(self.dataset)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
+        if not (isinstance(self.crop_pad, int) and self.crop_pad >= 0):
+            raise ValueError(f"crop_pad must be an int >= 0 (0: flips only); got {self.crop_pad!r}")
 
     def on(self, dataset: str) -> "ClassifierRun":
         """The same recipe trained on another ID dataset of the same shape."""

@@ -299,7 +299,7 @@ def _classifier_training(run) -> Training:
     images = _train_images(run)
     test = data.load(run.dataset, "test").subset(run.n_curve, seed=1)
     flip = data.spec(run.dataset).shape[0] == 3
-    transform = (lambda b, g: (random_crop_flip(b[0], g, flip=flip), b[1])) if run.augment else None
+    transform = (lambda b, g: (random_crop_flip(b[0], g, pad=run.crop_pad, flip=flip), b[1])) if run.augment else None
     loss = cross_entropy_loss
     if run.label_smoothing:
         def loss(model, batch):

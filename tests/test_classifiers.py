@@ -296,3 +296,31 @@ def test_build_classifier_dispatches():
         assert isinstance(model, cls) and model.feature_dim == dim and model.fc.out_features == 3
     with pytest.raises(ValueError):
         build_classifier(ClassifierConfig(arch="small_cnn", in_channels=1), weights="model.pt")
+
+
+def test_classifier_training_fits_the_whitening_and_smooths_the_labels():
+    from ood_core import data, families
+    from ood_core.experiment import ClassifierRun
+    from ood_core.train import TrainConfig
+
+    run = ClassifierRun("cifar10", ClassifierConfig("airbench", width=2), TrainConfig(epochs=1, batch_size=8, lr=0.1),
+                        n_train=64, n_curve=8, label_smoothing=0.2)
+    parts = families.CLASSIFIER.training(run)
+    torch.manual_seed(0)
+    model = build_classifier(run.model)
+    parts.init_fn(model, None)  # fitted on the run's training images, not on the (augmented) batch
+    x = data.load("cifar10", "train").subset(64, seed=0).x.float() / 255
+    sigma = _patch_second_moment(model.normalise(x))
+    eigenvalues = torch.linalg.eigvalsh(sigma)
+    w = model.whiten_weight.double().reshape(24, 12)[:12]
+    torch.testing.assert_close(w @ sigma @ w.T, torch.diag(eigenvalues / (eigenvalues + model.eps)),
+                               atol=1e-5, rtol=1e-5)
+    # smoothed cross-entropy: -(1 - a) log p_y - (a / K) sum_k log p_k, averaged over the batch
+    images, labels = parts.dataset.tensors[0][:8], parts.dataset.tensors[1][:8]
+    model.eval()
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(images.float() / 255), dim=1)
+        expected = (-(0.8 * log_p[torch.arange(8), labels]) - 0.2 * log_p.mean(dim=1)).mean()
+        torch.testing.assert_close(parts.loss(model, (images, labels)), expected)
+        plain = families.CLASSIFIER.training(run.replace(label_smoothing=0.0)).loss(model, (images, labels))
+        torch.testing.assert_close(plain, -log_p[torch.arange(8), labels].mean())

@@ -105,7 +105,9 @@ def _variants(run):
             continue
         if isinstance(value, bool):
             out.append((f.name, dataclasses.replace(run, **{f.name: not value})))
-        elif isinstance(value, (int, float)) and f.name != "perturb":
+        elif isinstance(value, float) and f.name != "perturb":  # a float knob may be bounded (label smoothing < 1)
+            out.append((f.name, dataclasses.replace(run, **{f.name: value / 2 if value else 0.25})))
+        elif isinstance(value, int) and f.name != "perturb":
             out.append((f.name, dataclasses.replace(run, **{f.name: value + 1})))
         elif value is None:
             out.append((f.name, dataclasses.replace(run, **{f.name: 7})))
@@ -166,5 +168,9 @@ def test_classifier_runs_and_likelihood_runs_use_the_one_policy():
     P = profiles.get_profile("smoke")
     for run in (P.glow.runs["cifar10"], P.classifier.runs["cifar10"]):
         assert run.key() == artifacts.config_dict(run)
-        assert set(run.key()) == {f.name for f in dataclasses.fields(run) if f.metadata.get("key", True)}
+        # every key field, and a key-if-set field exactly when it differs from its default
+        expected = {f.name for f in dataclasses.fields(run)
+                    if f.metadata.get("key", True) is True
+                    or (f.metadata.get("key") == "if-set" and getattr(run, f.name) != f.default)}
+        assert set(run.key()) == expected
     assert isinstance(P.classifier.runs["cifar10"], ClassifierRun)
