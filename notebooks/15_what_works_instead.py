@@ -163,9 +163,9 @@ plt.show()
 #
 # * PixelCNN (width 16): no setting reaches 95 % in both directions. The best balanced ones are
 #   $\mu = 0.3$, L2 $10^{-3}$ (91.8 % forward, 97.3 % reversed) and $\mu = 0.2$ (93 % forward, 88–90 %
-#   reversed). Along one training run (width 32, `lratio.py curves`), the forward ratio grows with
-#   training length (79.8 % after 5,000 images, 92.6 % after 10,000) and a background half the width
-#   of the model does worse (83.6 % after 10,000).
+#   reversed). Along one training run (`lratio.py curves`), the forward ratio grows with training
+#   length (79.8 % after 5,000 images, 92.6 % after 10,000), and a much smaller background (one
+#   masked layer instead of five) does worse (83.6 % after 10,000).
 # * Glow (K = 4, width 32): the ratio stays at chance on FashionMNIST → MNIST (53–55 %) while the
 #   reversed direction is easy (98–99 %): a one-epoch Glow background has not learned the population
 #   statistics any better than the model.
