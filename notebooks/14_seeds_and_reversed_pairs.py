@@ -31,7 +31,8 @@
 # **Scale.** Small models, each trained for one epoch on a third of the training set, so that
 # seeds × datasets × families fit in the CPU budget: the K = 4, width-32 Glow of the ensembles
 # chapter (the FashionMNIST seeds are its members, reused from the cache), the VAE recipe of the
-# VAE/PixelCNN chapter and a width-16 CNN; 1,000 test images per set in the default profile.
+# VAE/PixelCNN chapter, its PixelCNN at half the width (16 channels; the same architecture for the
+# likelihood ratio's background) and a width-16 CNN; 1,000 test images per set in the default profile.
 
 # %% tags=["parameters"]
 profile: str = "cpu"  # scale profile: "smoke" (seconds), "cpu" (default), "paper" (GPU scale)
