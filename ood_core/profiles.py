@@ -4,7 +4,7 @@ Three profiles, selected by one notebook parameter (``profile``):
 
 * ``smoke`` -- seconds per notebook; the test suite and CI run every notebook with it. Its numbers
   mean nothing; it only proves the code path works end to end on real data.
-* ``cpu`` (default) -- the whole book on a 2-core CPU in well under an hour, still showing each
+* ``cpu`` (default) -- the whole book on a 2-core CPU in under an hour (51 minutes measured), still showing each
   paper's effect on real data with small models and short training.
 * ``paper`` -- paper-scale models (Glow K=32, width 512; CIFAR ResNet-18 / DenseNet-BC-100), meant
   for a GPU. Its small results (per-example scores, curves, metrics, config, hardware) are committed
@@ -312,7 +312,7 @@ def _cpu() -> Profile:
     cls = dict(eval_every=0, checkpoint_every=200, **CLS_OPT)
     return Profile(
         name="cpu",
-        description="default: the whole book on 2 CPU cores in well under an hour, small models on real data",
+        description="default: the whole book on 2 CPU cores in under an hour, small models on real data",
         data=DataSettings(n_stats=None, n_grid=32, n_eval=2000),
         glow=GlowSettings(runs=ByDataset({"fashion_mnist": fm_glow,
                                           "cifar10": dataclasses.replace(fm_glow.on("cifar10", ("svhn", "mnist")).with_model(levels=3),
