@@ -21,6 +21,8 @@ Architectures (``ClassifierConfig.arch``):
 * ``"densenet_bc100"`` -- :class:`DenseNetBC100`, DenseNet-BC (Huang et al. 2017) with depth 100,
   growth 12, compression 0.5 and bottlenecks: 342 penultimate features, the network ASH,
   ReAct and DICE use on CIFAR (the ASH paper calls it DenseNet-101).
+* ``"resnet_cifar"`` -- :class:`ResNetCifar`, He et al.'s CIFAR ResNet-(6n+2) (ResNet-20/32/44/56):
+  16-32-64 channels, option-A (parameter-free, zero-padded) shortcuts, ``D = 64 * width / 16``.
 * ``"small_cnn"`` -- :class:`SmallCNN`, three conv blocks for 28x28 grayscale images.
 * ``"airbench"`` -- :class:`AirbenchNet`, the fast-training CIFAR network of Jordan's airbench
   (patch-whitening first layer, three conv groups of widths w, 4w, 4w): about 90 % CIFAR-10 test
@@ -34,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,6 +52,7 @@ __all__ = [
     "ClassifierConfig",
     "DenseNetBC100",
     "ResNet18Cifar",
+    "ResNetCifar",
     "ShapeableClassifier",
     "SmallCNN",
     "TorchvisionClassifier",
@@ -62,7 +65,7 @@ CIFAR_STD: tuple[float, ...] = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
 
-_OWN_ARCHS = ("resnet18_cifar", "densenet_bc100", "small_cnn", "airbench")
+_OWN_ARCHS = ("resnet18_cifar", "resnet_cifar", "densenet_bc100", "small_cnn", "airbench")
 _TORCHVISION_PREFIX = "torchvision:"
 
 Shaping = Mapping[str, Callable[[Tensor], Tensor]]
@@ -195,6 +198,84 @@ class ResNet18Cifar(ShapeableClassifier):
         shaping = self._check_shaping(shaping)
         h = F.relu(self.bn1(self.conv1(self.normalise(x))))
         for name in ("layer1", "layer2", "layer3", "layer4"):
+            h = self._shape(name, getattr(self, name)(h), shaping)
+        return self._pool(h, shaping)
+
+
+# ------------------------------------------------------------------- He et al.'s CIFAR ResNet
+
+
+class _ShortcutA(nn.Module):
+    """He et al.'s option-A shortcut: stride-2 subsampling and zero channels on both sides."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.pad = stride, out_channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+class _BasicBlockA(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        changes = stride != 1 or in_channels != out_channels
+        self.shortcut: nn.Module = _ShortcutA(in_channels, out_channels, stride) if changes else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetCifar(ShapeableClassifier):
+    """He et al.'s (2016, section 4.2) CIFAR ResNet of depth ``6n + 2``: ResNet-20, -32, -44, -56, -110.
+
+    A 3x3 stem to ``w`` channels, three stages of ``n`` BasicBlocks with ``w, 2w, 4w`` channels
+    (strides 1, 2, 2), option-A shortcuts (subsample and zero-pad the channels: no parameters),
+    global average pooling and a linear head; ``D = 4w`` (64 at the paper's ``w = 16``). This is
+    the network of widely used public CIFAR-10 checkpoints (e.g. ``pytorch_resnet_cifar10``), so
+    ASH can be run on networks this project did not train. Stages ``layer1..layer3`` are the
+    (post-ReLU) stage outputs.
+    """
+
+    stages = ("layer1", "layer2", "layer3", "penultimate")
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 16,
+        depth: int = 20,
+        mean: tuple[float, ...] = CIFAR_MEAN,
+        std: tuple[float, ...] = CIFAR_STD,
+    ) -> None:
+        super().__init__(mean, std)
+        if depth < 8 or (depth - 2) % 6 != 0:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110); got {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        in_width = width
+        for index, (out_width, stride) in enumerate(zip((width, 2 * width, 4 * width), (1, 2, 2)), start=1):
+            layer = [_BasicBlockA(in_width, out_width, stride)]
+            layer += [_BasicBlockA(out_width, out_width, 1) for _ in range(blocks - 1)]
+            self.add_module(f"layer{index}", nn.Sequential(*layer))
+            in_width = out_width
+        self.fc = nn.Linear(in_width, num_classes)
+        for module in self.modules():  # He et al.'s initialisation, as in the public CIFAR ResNets
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight)
+
+    def features(self, x: Tensor, shaping: Shaping | None = None) -> Tensor:
+        shaping = self._check_shaping(shaping)
+        h = F.relu(self.bn1(self.conv1(self.normalise(x))))
+        for name in ("layer1", "layer2", "layer3"):
             h = self._shape(name, getattr(self, name)(h), shaping)
         return self._pool(h, shaping)
 
@@ -525,7 +606,7 @@ class ClassifierConfig:
     """Everything :func:`build_classifier` needs; saved as JSON next to the weights.
 
     ``width`` is the ResNet base width (SmallCNN's and AirbenchNet's first width; ignored by
-    DenseNet),
+    DenseNet; 16 for He et al.'s ``resnet_cifar``), ``depth`` the ``resnet_cifar`` depth,
     ``growth_rate`` the DenseNet growth rate. ``mean``/``std`` left as ``None`` are filled in at
     construction: the CIFAR statistics of the ASH code for 3-channel inputs, ImageNet statistics
     for ``torchvision:*`` archs, and 0.5 / 0.5 otherwise (e.g. grayscale ``small_cnn``), so the
@@ -539,16 +620,18 @@ class ClassifierConfig:
     growth_rate: int = 12
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # Added after results were committed: in the cache key only when set (artifacts.config_dict).
+    depth: int = field(default=20, metadata={"key": "if-set"})  # resnet_cifar only: 6n + 2
 
     def __post_init__(self) -> None:
         if self.arch not in _OWN_ARCHS and not self.arch.startswith(_TORCHVISION_PREFIX):
             raise ValueError(
                 f"unknown arch {self.arch!r}; choose one of {list(_OWN_ARCHS)} or 'torchvision:<name>'"
             )
-        for field in ("num_classes", "in_channels", "width", "growth_rate"):
-            value = getattr(self, field)
+        for name in ("num_classes", "in_channels", "width", "growth_rate", "depth"):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive integer; got {value!r}")
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
         default_mean, default_std = _default_stats(self.arch, self.in_channels)
         mean = default_mean if self.mean is None else tuple(float(v) for v in self.mean)
         std = default_std if self.std is None else tuple(float(v) for v in self.std)
@@ -602,6 +685,8 @@ def build_classifier(
         )
     if config.arch == "resnet18_cifar":
         return ResNet18Cifar(config.num_classes, config.in_channels, config.width, mean, std)
+    if config.arch == "resnet_cifar":
+        return ResNetCifar(config.num_classes, config.in_channels, config.width, config.depth, mean, std)
     if config.arch == "airbench":
         return AirbenchNet(config.num_classes, config.in_channels, config.width, mean, std)
     if config.arch == "densenet_bc100":
