@@ -25,8 +25,9 @@
 # 1. **OpenOOD v1.5** {cite}`zhang2023openood` published near- and far-OOD AUROCs for the same
 #    network family (CIFAR-10 ResNet-18) and most of the same methods: our baselines beside theirs
 #    tell whether our classifier and sets are in the same regime;
-# 2. **the paper's own network**, DenseNet-BC-100, run through the same tables where this
-#    profile can train it;
+# 2. **networks this project did not train**: the paper's own CIFAR-10 DenseNet-BC-100 (the
+#    checkpoint published with DICE, the ASH authors' network) and He et al.'s ResNet-20/56 from a
+#    public repository, loaded from `shared/models` and run through the same tables and detectors;
 # 3. **the successors of ASH**, which isolate its parts: SCALE (Xu et al. 2024) keeps ASH-S's
 #    rescaling and drops the pruning.
 #
@@ -35,7 +36,9 @@
 # ($p=90$), Mahalanobis {cite}`lee2018mahalanobis` (tied covariance, no input preprocessing); ASH
 # at the paper's CIFAR-10 percentiles (ASH-P@90, ASH-B@95, ASH-S@95), ASH-RAND@90 and ASH-S with
 # ReAct and DICE; and the successors at OpenOOD v1.5's settings: SCALE@85, GEN (Liu et al. 2023),
-# KNN (Sun et al. 2022, $k=50$), ViM (Wang et al. 2022), fDBD (Liu & Qin 2024) and NNGuide
+# KNN (Sun et al. 2022, $k=50$ for the 50,000 CIFAR-10 training images, scaled to the bank used
+# here: $k = \max(1, \operatorname{round}(50\,n/50000))$, so the $k$-th neighbour sits at the same
+# quantile of the training features), ViM (Wang et al. 2022), fDBD (Liu & Qin 2024) and NNGuide
 # (Park et al. 2023).
 
 # %% tags=["parameters"]
@@ -50,7 +53,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from ood_core import classifier_study as cs, claims, data, detectors, names, plots
+from ood_core import classifier_study as cs, claims, data, detectors, names, plots, pretrained
 from ood_core.experiment import missing_note
 from ood_core.profiles import get_profile
 
@@ -61,12 +64,30 @@ ASH_S, ASH_B, ASH_RAND, SCALE = (detectors.title(s) for s in ("ash_s@95", "ash_b
 evals = {ds: cs.evaluate(C.runs[ds], C.n_eval, C.n_fit, C.ood[ds], seed=seed, device=device) for ds in C.runs}
 networks = {run.label: cs.evaluate(run, C.n_eval, C.n_fit, C.ood["cifar10"], seed=seed, device=device)
             for run in C.networks.values()}
+# networks trained elsewhere (shared/models): evaluated when their files are present, named when not
+external, external_missing = {}, {}
+for name in C.pretrained.names:
+    try:
+        e = cs.evaluate_pretrained(name, C.pretrained.n_eval, C.pretrained.n_fit, C.ood["cifar10"], seed=seed,
+                                   device=device)
+    except pretrained.PretrainedError as err:
+        external_missing[pretrained.checkpoint(name).title] = str(err)
+        continue
+    external[e.run.label] = e
+full_accuracy = {label: cs.test_accuracy(e, C.pretrained.n_accuracy) for label, e in external.items()}
 plots.show_table(pd.DataFrame([
-    {"network": ev.trained.run.label, "steps": ev.trained.meta["steps"], "training images": ev.trained.meta["n_train"],
-     "training time (s)": ev.trained.meta["wall_time_s"], "hardware": ev.trained.meta["hardware"].get("gpu", "CPU"),
-     "test images": len(ev.id_set), names.ID_ACCURACY: ev.accuracy}
-    for ev in [*evals.values(), *networks.values()]]).set_index("network"),
-    digits={"training time (s)": 0, names.ID_ACCURACY: 2}, caption=f"Classifiers of the {P.name} profile")
+    {"network": ev.trained.run.label, "trained": f"here ({ev.trained.meta['hardware'].get('gpu', 'CPU')}), "
+     f"{ev.trained.meta['steps']} steps, {ev.trained.meta['wall_time_s']:.0f} s",
+     "test images": len(ev.id_set), names.ID_ACCURACY: ev.accuracy, "published accuracy (%)": np.nan}
+    for ev in [*evals.values(), *networks.values()]]
+    + [{"network": label, "trained": f"elsewhere: {e.trained.meta['source']}", "test images": full_accuracy[label][1],
+        names.ID_ACCURACY: full_accuracy[label][0], "published accuracy (%)": e.trained.meta["expected_accuracy"]}
+       for label, e in external.items()]).set_index("network"),
+    digits={"test images": 0, names.ID_ACCURACY: 2, "published accuracy (%)": 2},
+    caption=f"Classifiers of the {P.name} profile and networks trained elsewhere (ID accuracy on the test images "
+            "counted; the published column is the accuracy the checkpoint's publisher reports)")
+for title, why in external_missing.items():
+    display(Markdown(f"**{title} is not available here**, so its rows are absent from this chapter: {why}"))
 
 # %% [markdown]
 # ## The OOD sets: ours, the paper's, OpenOOD's
@@ -223,31 +244,54 @@ plots.show_table(pd.concat([table.loc[parts, [names.FPR95, names.AUROC, names.ID
                  digits=2, caption="Pruning, rescaling, both: mean over every set, and near/far AUROC")
 
 # %% [markdown]
-# ## DenseNet-BC-100, the paper's network
+# ## Networks trained elsewhere: the paper's DenseNet-BC-100 and He et al.'s ResNets
 #
-# The ASH paper's CIFAR results are on a DenseNet-BC-100 (depth 100, growth rate 12, 342 penultimate
-# features). Where the profile trains one, it runs through the same tables; otherwise the section
-# shows the paper-profile results committed from a GPU run, when present.
+# Is an ASH result a property of the method or of how *our* networks were trained? The same
+# detectors, sets and metrics code run on three CIFAR-10 networks this project did not train
+# (`ood_core.pretrained`: sha256-checked files in `shared/models`, loaded without executing code):
+#
+# * **DenseNet-BC-100**, the checkpoint published with DICE by the ASH authors' lab: depth 100,
+#   growth 12, 342 penultimate features, trained 100 epochs with SGD. This is the network of the ASH
+#   paper's CIFAR table.
+# * **ResNet-20 and ResNet-56** (He et al. 2016) from a widely used public repository: 64
+#   penultimate features, 200 epochs of plain SGD, weight decay $10^{-4}$, no label smoothing.
+#
+# They are evaluated on fewer images per set than our networks (the profile's
+# `pretrained.n_eval`; the DenseNet's ODIN gradients are what costs on a CPU), drawn with the same
+# seed, so every set is a subset of the images our networks see. Their accuracy is measured on the
+# whole CIFAR-10 test set (table at the top).
 
 # %%
-network_summaries = {}
-for label, evn in networks.items():
+network_summaries, external_long = {}, {}
+for label, evn in {**networks, **external}.items():
     long_n = evn.benchmark(C.methods)
+    per_n = long_n[long_n[names.OOD] != names.MEAN_ROW]
     nf_n = cs.near_far_summary(long_n, near, synthetic)
     summ_n = cs.summary(long_n)
     network_summaries[f"{P.name} profile, {label}"] = (summ_n, nf_n)
-    plots.show_table(pd.concat([summ_n[[names.FPR95, names.AUROC, names.ID_ACCURACY]],
-                                nf_n[["near AUROC", "far AUROC"]]], axis=1),
-                     digits=2, caption=f"{label} ({P.name} profile): mean over every set, and near/far AUROC")
-    display(Markdown(missing_note(evn.missing)))
+    external_long[label] = long_n
+    paper_cols = [names.PAPER_FPR95, names.PAPER_AUROC] if label in external and "DenseNet" in label else []
+    plots.show_table(pd.concat([nf_n[["near FPR95", "near AUROC", "far FPR95", "far AUROC"]],
+                                summ_n[[names.FPR95, names.AUROC, names.ID_ACCURACY, *paper_cols]]], axis=1),
+                     digits=2, caption=f"{label}: near/far and mean over every set (FPR95/AUROC %)"
+                     + ("; paper columns: the ASH paper's DenseNet on its six sets, of which only a partial Textures "
+                        "is here" if paper_cols else ""))
+    grid = per_n.pivot_table(index=names.METHOD, columns=names.OOD, values=names.AUROC, sort=False)
+    fpr_grid = per_n.pivot_table(index=names.METHOD, columns=names.OOD, values=names.FPR95, sort=False)
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 * grid.shape[1] + 6, 0.42 * grid.shape[0] + 1.8), sharey=True)
+    for ax, g, what, cmap in ((axes[0], grid, "AUROC (%)", "viridis"), (axes[1], fpr_grid, "FPR95 (%)", "viridis_r")):
+        sns.heatmap(g, annot=True, fmt=".1f", cmap=cmap, vmin=0, vmax=100, ax=ax, cbar_kws={"label": what})
+        ax.set_title(f"{what} per OOD set — {label}")
+    fig.tight_layout()
+    plt.show()
+if not external:
+    display(Markdown("No network trained elsewhere is available here: put the files described in "
+                     "`shared/models/README.md` into the models folder (`$OOD_MODELS`) and rerun this chapter."))
+
+# paper-profile DenseNet-BC-100 trained by us on a GPU (results/), when present
 paper_densenet_run = get_profile("paper").classifier.networks.get("densenet")
 paper_densenet = cs.published(paper_densenet_run) if paper_densenet_run is not None else None
 DENSENET_COMMAND = "python -m ood_core classifier --profile paper --network densenet --export"
-if not networks:
-    display(Markdown(
-        f"**The {P.name} profile trains no DenseNet-BC-100:** on a CPU its training takes far too long. It needs a "
-        f"GPU: `{DENSENET_COMMAND}` trains it, runs every table of these two chapters and writes them to "
-        "`results/`, where this section picks them up."))
 if paper_densenet is not None:
     t = paper_densenet.tables
     summ_p = t["summary"].set_index(names.METHOD)
@@ -257,13 +301,49 @@ if paper_densenet is not None:
     m = paper_densenet.meta
     plots.show_table(pd.concat([summ_p[[names.FPR95, names.AUROC, names.ID_ACCURACY]],
                                 nf_p[["near AUROC", "far AUROC"]]], axis=1), digits=2,
-                     caption=f"paper profile: {paper_densenet_run.label}, trained on {paper_densenet.hardware} "
+                     caption=f"paper profile: {paper_densenet_run.label}, trained by us on {paper_densenet.hardware} "
                              f"({m['steps']} steps, {m['wall_time_s'] / 60:.1f} min, {m['created'][:10]})")
-elif not networks:
-    display(Markdown(f"No paper-profile DenseNet-BC-100 results under `results/` yet: run `{DENSENET_COMMAND}` on "
-                     "a GPU."))
+else:
+    display(Markdown(f"A DenseNet-BC-100 *trained by this project's recipe* needs a GPU (`{DENSENET_COMMAND}`); no "
+                     "such results are under `results/` yet. The published checkpoint above is the paper's network."))
 
 # %% [markdown]
+# ## The percentile: the paper's fixed $p$ and $p$ chosen on a validation split
+#
+# The ASH paper fixes $p$ per benchmark (ASH-P@90, ASH-B@90/95, ASH-S@95 on CIFAR-10); OpenOOD v1.5
+# chooses it on a **validation split**: ID validation images against a held-out part of a near-OOD
+# set. We do the latter with the profile's `n_val` CIFAR-10 test images and `n_val` TinyImageNet
+# images (CIFAR-10 classes removed), both **outside** the evaluation subsets (the same seeded
+# permutation, the next images; `tests/test_pretrained.py` checks the disjointness by content). The
+# percentile with the highest validation AUROC over the sweep grid is then scored on the test sets.
+# Every row says how its $p$ was set.
+
+# %%
+val_near = next((k for k in C.near["cifar10"] if k.startswith("tiny_imagenet")), None)
+percentile_choice, fixed_validated = {}, {}
+for label, e in {ev.trained.run.label: ev, **networks, **external}.items():
+    if val_near is None or val_near not in e.ood_sets:
+        display(Markdown(f"{label}: no near-OOD validation set is available here (needs {val_near})."))
+        continue
+    try:
+        val = cs.validation(e, C.n_val, val_near)
+    except ValueError as err:  # the evaluation already uses every test image: nothing is left to validate on
+        display(Markdown(f"{label}: no validation split ({err})."))
+        continue
+    choice = cs.choose_percentiles(val, C.percentiles)
+    percentile_choice[label] = choice
+    fixed_validated[label] = cs.fixed_and_validated(e, choice, near, synthetic)
+chosen = pd.DataFrame({label: c[c["chosen"]].set_index("shaper")["percentile"] for label, c in percentile_choice.items()}
+                      ).T.rename(columns=cs.SHAPER_NAMES)
+if len(chosen):
+    plots.show_table(chosen, digits=0, caption=f"p chosen on the validation split ({C.n_val} ID vs {C.n_val} "
+                                               "held-out TinyImageNet images), per network and shaper")
+    plots.show_table(pd.concat(fixed_validated, names=[names.NETWORK]).reset_index(level=1, drop=True)
+                     .set_index([names.P_CHOSEN_BY, names.METHOD], append=True), digits=2,
+                     caption="Test metrics (%) with the paper's fixed p and with the validation-chosen p "
+                             "(the validation images are not among the test images)")
+
+# # %% [markdown]
 # ## FashionMNIST → MNIST: the pair where likelihoods fail
 #
 # The Glow chapters showed likelihood ranking MNIST *above* FashionMNIST. A classifier's
@@ -366,16 +446,17 @@ for source, (summ, nf_s) in {own: (table, nf), **paper_summaries}.items():
                                   P.name, seed, source=src))
     elif source == own:
         rows.append(claims.not_testable("openood_ranking", "no near-OOD set is in the offline mirror", P.name, seed))
-# the paper's network: this profile's DenseNet if it has one, the committed paper-profile one beside
-densenet_sources = {src: summ for src, (summ, _) in network_summaries.items() if "DenseNet" in src}
-own_densenet = [src for src in densenet_sources if src.startswith(own)]
-for src, summ in densenet_sources.items():  # the profile's own DenseNet is this claim's own source
+# the paper's network: the published DenseNet-BC-100 checkpoint (this claim's own source), and a DenseNet
+# trained by our recipe (paper profile, committed results) beside it when present
+DENSENET = pretrained.checkpoint("densenet_bc100").title
+densenet_sources = {src: summ for src, (summ, _) in network_summaries.items()
+                    if src.endswith(DENSENET) or "DenseNet" in src and src.startswith("paper profile")}
+for src, summ in densenet_sources.items():
     rows.append(claims.record("ash_s_densenet", claims.beats_energy_evidence(summ, ASH_S), P.name, seed,
-                              source=None if src in own_densenet[:1] else src))
-if not own_densenet:
-    rows.append(claims.not_testable(
-        "ash_s_densenet", f"DenseNet-BC-100 not run: needs a GPU ({DENSENET_COMMAND})"
-        + ("; the committed paper-profile run is the row beside" if paper_densenet is not None else ""), P.name, seed))
+                              source=None if src.endswith(DENSENET) else src))
+if not any(src.endswith(DENSENET) for src in densenet_sources):
+    rows.append(claims.not_testable("ash_s_densenet", external_missing.get(DENSENET, "the DenseNet-BC-100 checkpoint "
+                                    "is not in this profile"), P.name, seed))
 absent = [data.spec(n).title for n in ASH_PAPER_SETS if not data.available(n)]
 if absent:
     rows.append(claims.not_testable("ash_state_of_the_art", ", ".join(absent) + ", the full Textures and ImageNet are "
@@ -408,9 +489,13 @@ display(Markdown("\n".join([
     f"* SCALE ({SCALE}, rescaling only): {table.loc[SCALE, names.AUROC]:.1f} % mean AUROC; ASH-P "
     f"(pruning only): {table.loc[detectors.title('ash_p@90'), names.AUROC]:.1f} %.",
     "* The paper's network: " + ("; ".join(f"{src}: {ASH_S} {s.loc[ASH_S, names.AUROC]:.1f} % vs energy "
-                                           f"{s.loc['energy', names.AUROC]:.1f} %"
+                                           f"{s.loc['energy', names.AUROC]:.1f} % (mean AUROC over every set)"
                                            for src, s in densenet_sources.items())
-                                 or f"not run here (needs a GPU: `{DENSENET_COMMAND}`)") + ".",
+                                 or "its checkpoint is not available here") + ".",
+    "* Networks trained elsewhere, mean AUROC over every set: " + ("; ".join(
+        f"{label}: {ASH_S} {network_summaries[f'{P.name} profile, {label}'][0].loc[ASH_S, names.AUROC]:.1f} %, "
+        f"energy {network_summaries[f'{P.name} profile, {label}'][0].loc['energy', names.AUROC]:.1f} %"
+        for label in external) or "none available") + ".",
     "* Verdicts of this profile: " + "; ".join(f"{c}: **{v}**" for c, v in own_rows["verdict"].items()) + ".",
     "* The paper's six-set average cannot be formed here; the next chapter measures *why* ASH-S works or fails, "
     "set by set and network by network.",

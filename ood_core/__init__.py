@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("units", "names", "artifacts", "metrics", "model_config"), 0),
     "data": 1,
     **dict.fromkeys(("flows", "likelihood", "discretized", "pixelcnn", "vae", "feature_flow", "classifiers",
-                     "train"), 2),
+                     "pretrained", "train"), 2),
     **dict.fromkeys(("ash", "scores", "generative_scores", "analysis"), 3),
     **dict.fromkeys(("families", "experiment", "likelihood_study", "classifier_study", "detectors", "claims",
                      "benchmarks", "profiles"), 4),

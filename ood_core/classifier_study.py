@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ood_core import ash, data, detectors, metrics, names, scores
+from ood_core import ash, data, detectors, metrics, names, pretrained, scores
 from ood_core.artifacts import ArtifactStore, content_digest
 from ood_core.experiment import ClassifierRun, Trained, evaluation_sets, export, published as _published_folder
-from ood_core.experiment import train_or_load
+from ood_core.experiment import train_or_load, validation_sets
 
 #: CIFAR-10 DenseNet-BC-100 averages over SVHN, LSUN-C, LSUN-R, iSUN, Textures and Places365
 #: (FPR95 %, AUROC %), Djurisic et al. 2023 (arXiv:2209.09858), CIFAR table, as transcribed in
@@ -162,6 +162,105 @@ def evaluate(run: ClassifierRun, n_eval: int | None, n_fit: int | None, ood, see
     return ClassifierEvaluation(trained, id_set, sets, missing, features(trained, fit_set, store),
                                 features(trained, id_set, store), {k: features(trained, s, store) for k, s in sets.items()},
                                 key, store, seed)
+
+
+@dataclass(frozen=True)
+class PretrainedRun:
+    """What identifies a network trained elsewhere in the cache keys: its checkpoint's name and sha256."""
+
+    name: str
+    sha256: str
+    dataset: str
+    eval_batch: int = field(default=256, metadata={"key": False})  # feature extraction: memory only
+
+    @property
+    def label(self) -> str:
+        return pretrained.checkpoint(self.name).title
+
+
+def evaluate_pretrained(name: str, n_eval: int | None, n_fit: int | None, ood, seed: int = 0,
+                        store: ArtifactStore | None = None, device=None) -> ClassifierEvaluation:
+    """:func:`evaluate` for a checkpoint of :data:`ood_core.pretrained.CHECKPOINTS` (nothing is trained):
+    the same evaluation sets, fit images and cached features, so every detector and table applies.
+    Raises :class:`ood_core.pretrained.PretrainedError` when the file is absent or differs."""
+    spec = pretrained.checkpoint(name)
+    model = pretrained.load(name, device=device)
+    run = PretrainedRun(name, spec.sha256, spec.dataset)
+    meta = {"source": spec.source, "recipe": spec.recipe, "hardware": {"gpu": "trained elsewhere"},
+            "expected_accuracy": spec.expected_accuracy}
+    trained = Trained(run, model, pd.DataFrame(), meta)
+    fit_set = data.load(spec.dataset, "train").subset(n_fit, seed)
+    sets, missing = evaluation_sets(spec.dataset, n_eval, list(ood), seed=seed, train_split=False)
+    id_set = sets.pop(names.ID_TEST)
+    key = {"run": run, "n_eval": n_eval, "n_fit": n_fit, "ood": list(ood), "seed": seed}
+    return ClassifierEvaluation(trained, id_set, sets, missing, features(trained, fit_set, store),
+                                features(trained, id_set, store), {k: features(trained, s, store) for k, s in sets.items()},
+                                key, store, seed)
+
+
+def test_accuracy(ev: ClassifierEvaluation, n: int | None = None, store: ArtifactStore | None = None) -> tuple[float, int]:
+    """``(accuracy %, images)`` of the unchanged classifier on ``n`` ID test images (None: the whole split)."""
+    test = data.load(ev.run.dataset, "test").subset(n, 0)
+    f = features(ev.trained, test, store or ev.store)
+    return 100.0 * float((f["logits"].argmax(1) == f["y"]).mean()), len(test)
+
+
+def validation(ev: ClassifierEvaluation, n_val: int, near: str) -> ClassifierEvaluation:
+    """The same network on a validation split the evaluation never sees: ``n_val`` ID test images and
+    ``n_val`` images of the near-OOD set ``near``, both outside the evaluation subsets (OpenOOD v1.5
+    chooses hyper-parameters on such a split: ID validation images against held-out near-OOD images)."""
+    n_eval = len(ev.id_set)
+    sets = validation_sets(ev.run.dataset, n_eval, n_val, near, seed=ev.seed)
+    id_val = sets.pop(names.ID_VAL)
+    key = None if ev.key is None else {**ev.key, "validation": {"n_val": n_val, "near": near}}
+    return ClassifierEvaluation(ev.trained, id_val, sets, {}, ev.fit_feats, features(ev.trained, id_val, ev.store),
+                                {k: features(ev.trained, s, ev.store) for k, s in sets.items()}, key, ev.store, ev.seed)
+
+
+#: The shapers whose percentile is chosen on validation data, and the paper's fixed percentiles beside them.
+VALIDATED_SHAPERS = ("ash_p", "ash_b", "ash_s", "scale")
+FIXED_SPECS = ("ash_p@90", "ash_b@90", "ash_b@95", "ash_s@95", "scale@85")
+
+
+def choose_percentiles(val: ClassifierEvaluation, percentiles, shapers=VALIDATED_SHAPERS) -> pd.DataFrame:
+    """Validation AUROC of each shaper at each percentile, and the chosen one (highest AUROC; ties: lower p).
+
+    Columns: shaper, percentile, validation AUROC, chosen (bool). Nothing of the test sets is read.
+    """
+    rows = []
+    for name in _check_shapers(shapers):
+        for p in percentiles:
+            sc = val.suite.scores(f"{name}@{p:g}")
+            ood_key = val.suite.ctx.ood_keys[0]
+            rows.append({"shaper": name, "percentile": p,
+                         "validation AUROC": 100 * metrics.auroc(sc[names.ID_TEST], sc[ood_key])})
+    table = pd.DataFrame(rows)
+    best = table.sort_values(["shaper", "validation AUROC", "percentile"], ascending=[True, False, True]
+                             ).groupby("shaper").head(1).index
+    table["chosen"] = table.index.isin(best)
+    return table
+
+
+def fixed_and_validated(ev: ClassifierEvaluation, choice: pd.DataFrame, near: list[str], synthetic: list[str] = ()
+                        ) -> pd.DataFrame:
+    """Test metrics of the shapers at the paper's fixed percentiles and at the validation-chosen ones.
+
+    One row per (how p was chosen, method): near/far/mean FPR95 and AUROC over the test sets (the
+    validation images are not among them) and the ID accuracy; ``names.P_CHOSEN_BY`` says which is which.
+    """
+    chosen = choice[choice["chosen"]]
+    groups = {names.P_FIXED: list(FIXED_SPECS),
+              names.P_VALIDATION: [f"{r.shaper}@{r.percentile:g}" for r in chosen.itertuples()]}
+    frames = []
+    for how, specs in groups.items():
+        long = ev.benchmark(["energy", *specs])
+        nf = near_far_summary(long, near, synthetic)
+        mean = summary(long)[[names.FPR95, names.AUROC]].rename(columns=lambda c: f"mean {c}")
+        out = pd.concat([nf[["near FPR95", "near AUROC", "far FPR95", "far AUROC"]], mean,
+                         nf[[names.ID_ACCURACY]]], axis=1).drop(index="energy").reset_index()
+        out.insert(0, names.P_CHOSEN_BY, how)
+        frames.append(out)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summary(long: pd.DataFrame) -> pd.DataFrame:

@@ -305,6 +305,16 @@ class ImageSet:
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         return ImageSet(self.x[idx], self.y[idx], self.name, self.note)
 
+    def held_out(self, n: int | None, n_out: int, seed: int = 0) -> "ImageSet":
+        """``n_out`` examples that :meth:`subset` ``(n, seed)`` does not draw: the next ``n_out`` of the same
+        permutation. A validation split the evaluation subset never sees (``n`` None: no room, an error)."""
+        if n is None or n + n_out > len(self):
+            raise ValueError(f"{self.name}: {n_out} held-out images need n + n_out <= {len(self)} images "
+                             f"(n = {n}); evaluate on fewer images or hold out fewer")
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        idx = perm[n:n + n_out].sort().values
+        return ImageSet(self.x[idx], self.y[idx], f"{self.name} (held out)", self.note)
+
 
 def load(name: str, split: str = "test", root: Path | None = None) -> ImageSet:
     """A verified split as an :class:`ImageSet` (uint8 ``[N, C, H, W]``)."""
@@ -588,9 +598,10 @@ def _split_for(s: DatasetSpec, split: str) -> str:
 
 
 def load_view(name: str, split: str = "test", n: int | None = None, seed: int = 0,
-              root: Path | None = None) -> ImageSet:
+              root: Path | None = None, held_out: int | None = None) -> ImageSet:
     """``"<dataset>"`` or ``"<dataset>:<view>"`` (see :data:`VIEWS`), then ``n`` images by :meth:`ImageSet.subset`.
 
+    ``held_out=m`` returns instead ``m`` images the subset never draws (:meth:`ImageSet.held_out`).
     Rows are selected by the view before the seeded subset, pixels mapped after it; the images keep
     their stored shape (:func:`ood_sets` brings them to a model's). A dataset with one split serves
     any ``split`` asked for.
@@ -600,7 +611,7 @@ def load_view(name: str, split: str = "test", n: int | None = None, seed: int = 
     if view is not None and view.keep is not None:
         mask = view.keep(s, base, root)
         s = ImageSet(s.x[mask], s.y[mask], s.name, s.note)
-    s = s.subset(n, seed)
+    s = s.subset(n, seed) if held_out is None else s.held_out(n, held_out, seed)
     if view is not None:
         x = view.pixels(s.x) if view.pixels is not None else s.x
         s = ImageSet(x, s.y, f"{s.name} ({view.label})", s.note)

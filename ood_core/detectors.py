@@ -551,6 +551,28 @@ def _pipeline_title(spec: Spec) -> str:
     return " + ".join(_with_p(_PART_TITLES[p.name], REGISTRY[p.name].percentile)(Spec((p,))) for p in spec.parts)
 
 
+#: KNN's k on CIFAR-10 (Sun et al. 2022; OpenOOD v1.5) and the bank it was set for (all training images).
+KNN_PAPER_K, KNN_PAPER_BANK = 50, 50000
+
+
+def knn_k(option, n_bank: int) -> int:
+    """KNN's ``k`` for a bank of ``n_bank`` features: an integer as given, or ``"scaled"``: the paper's
+    ``k = 50`` at 50,000 training images scaled to the bank, ``max(1, round(50 * n_bank / 50000))``, so
+    the k-th neighbour sits at the same quantile of the ID training distribution on a subsampled bank."""
+    if option == "scaled":
+        return max(1, round(KNN_PAPER_K * n_bank / KNN_PAPER_BANK))
+    if isinstance(option, bool) or not isinstance(option, int) or option < 1:
+        raise ValueError(f"knn k must be a positive integer or 'scaled'; got {option!r}")
+    return option
+
+
+def _knn_fit(option):
+    def fit(estimator, f, logits, model):
+        estimator.k = knn_k(option, len(f))
+        return estimator.fit(f)
+    return fit
+
+
 def _top_m(value) -> int | None:
     return None if value == "all" else int(value)
 
@@ -600,10 +622,11 @@ REGISTRY: dict[str, Entry] = {
     "gen": Entry(lambda s: LogitScore(functools.partial(scores.gen, gamma=s.parts[0].option("gamma"),
                                                         top_m=_top_m(s.parts[0].option("top_m")))),
                  _fixed("GEN"), options={"gamma": 0.1, "top_m": "all"}, doc="generalized entropy (Liu et al. 2023)"),
-    "knn": Entry(lambda s: Estimator(lambda: scores.KNN(k=s.parts[0].option("k")),
-                                     lambda e, f, lg, m: e.fit(f), lambda e, f, lg, m: e.score(f)),
-                 _fixed("KNN"), options={"k": 50},
-                 doc="k-th nearest normalised ID training feature (Sun et al. 2022)"),
+    "knn": Entry(lambda s: Estimator(lambda: scores.KNN(), _knn_fit(s.parts[0].option("k")),
+                                     lambda e, f, lg, m: e.score(f)),
+                 _fixed("KNN"), options={"k": "scaled"},
+                 doc="k-th nearest normalised ID training feature (Sun et al. 2022); k 'scaled' = "
+                     "k 50 per 50,000 bank features (the paper's CIFAR-10 setting), at least 1"),
     "vim": Entry(lambda s: Estimator(lambda: scores.ViM(dim=s.parts[0].option("dim") or None),
                                      lambda e, f, lg, m: e.fit(f, m), lambda e, f, lg, m: e.score(m, f)),
                  _fixed("ViM"), options={"dim": 0}, doc="virtual-logit matching (Wang et al. 2022); dim 0 = auto"),

@@ -264,6 +264,18 @@ def evaluation_sets(dataset: str, n: int | None, ood, seed: int = 0, shape=None,
     return sets, missing
 
 
+def validation_sets(dataset: str, n_eval: int | None, n_val: int, ood: str, seed: int = 0
+                    ) -> dict[str, data.ImageSet]:
+    """A validation split that the evaluation sets of :func:`evaluation_sets` never see (OpenOOD's practice
+    for choosing a hyper-parameter): ``n_val`` ID test images and ``n_val`` images of the OOD set ``ood``
+    outside the ``n_eval`` evaluation images drawn with the same ``seed``. Keys ``names.ID_VAL``, ``ood``."""
+    shape = data.spec(dataset).shape
+    id_val = data.load(dataset, "test").held_out(n_eval, n_val, seed)
+    ood_val = data.load_view(ood, "test", n_eval, seed, held_out=n_val)
+    return {names.ID_VAL: id_val, ood: data.ImageSet(data.to_shape(ood_val.x, shape), ood_val.y, ood_val.name,
+                                                     ood_val.note)}
+
+
 def heldout_set(run, n: int | None, seed: int = 0) -> data.ImageSet | None:
     """``n`` ID images the run's model never saw in training (drawn with ``seed``), or None if none are left.
 

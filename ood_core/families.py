@@ -322,7 +322,10 @@ def _classifier_label(run) -> str:
         arch = f"DenseNet-BC-100 (growth {run.model.growth_rate})"
     elif arch == "airbench":
         arch = f"airbench net (width {run.model.width})"
-    return f"{arch} on {data.spec(run.dataset).title}"
+    elif arch == "resnet_cifar":
+        arch = f"ResNet-{run.model.depth} (width {run.model.width})"
+    label = f"{arch} on {data.spec(run.dataset).title}"
+    return label + (f", label smoothing {run.label_smoothing:g}" if run.label_smoothing else "")
 
 
 CLASSIFIER = Family(

@@ -14,7 +14,9 @@ ID_TRAIN = "ID train"
 ID_TEST = "ID test"
 #: ID training-split images the model did not train on (fits typicality's entropy, DoSE's densities).
 ID_HOLDOUT = "ID held-out"
-ID_KEYS = (ID_TRAIN, ID_TEST, ID_HOLDOUT)
+#: ID test images outside the evaluation subset: the validation split that chooses a percentile.
+ID_VAL = "ID validation"
+ID_KEYS = (ID_TRAIN, ID_TEST, ID_HOLDOUT, ID_VAL)
 
 # ---------------------------------------------------------------------- likelihood tables (bits/dim)
 SET = "set"
@@ -44,6 +46,11 @@ OOD = "ood"
 MEAN_ROW = "mean"
 PAPER_FPR95 = "paper FPR95 (DenseNet)"
 PAPER_AUROC = "paper AUROC (DenseNet)"
+#: How a shaper's percentile was set: the paper's fixed value or chosen on a validation split.
+P_CHOSEN_BY = "p chosen by"
+P_FIXED = "paper (fixed)"
+P_VALIDATION = "validation split"
+NETWORK = "network"
 
 # ---------------------------------------------------------------------- unified benchmark tables
 DETECTOR = "detector"

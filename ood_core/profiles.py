@@ -81,6 +81,16 @@ class GlowSettings:
 
 
 @dataclass(frozen=True)
+class PretrainedSettings:
+    """Networks trained elsewhere (:mod:`ood_core.pretrained`), evaluated in the ASH chapters beside ours."""
+
+    names: tuple[str, ...]  # checkpoints of ood_core.pretrained.CHECKPOINTS (absent files are named, not fatal)
+    n_eval: int | None  # test images per ID/OOD set (the ODIN cost of the DenseNet sets it on a CPU)
+    n_fit: int | None  # ID training images for ReAct, DICE, Mahalanobis, KNN, ViM ...
+    n_accuracy: int | None  # CIFAR-10 test images for the stated test accuracy (None = all 10,000)
+
+
+@dataclass(frozen=True)
 class ClassifierSettings:
     """The ASH chapters (Djurisic et al.): one classifier per ID dataset, and what is scored."""
 
@@ -93,6 +103,8 @@ class ClassifierSettings:
     methods: tuple[str, ...]  # detector specs of the benchmark table (ood_core.detectors)
     near: ByDataset[tuple[str, ...]]  # the near-OOD sets among ``ood`` (OpenOOD's split); the rest are far
     networks: Mapping[str, ClassifierRun]  # further CIFAR-10 networks of the ASH chapters (e.g. DenseNet-BC-100)
+    pretrained: PretrainedSettings  # CIFAR-10 networks trained elsewhere, evaluated beside ours
+    n_val: int  # ID and near-OOD validation images (outside the test subsets) that choose a percentile
 
 
 @dataclass(frozen=True)
@@ -283,7 +295,8 @@ def _smoke() -> Profile:
             # depth 100 with growth 2 (the real network has 12): the code path in seconds
             networks={"densenet": ClassifierRun("cifar10", ClassifierConfig("densenet_bc100", growth_rate=2),
                                                 TrainConfig(**{**cls_train, "batch_size": 32}), n_train=64,
-                                                n_curve=32)}),
+                                                n_curve=32)},
+            pretrained=PretrainedSettings(names=("resnet20",), n_eval=64, n_fit=256, n_accuracy=256), n_val=64),
         unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, background_weight_decay=0.0,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=20,
                                 batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS,
@@ -310,6 +323,14 @@ def _cpu() -> Profile:
                    _train(2, 64, 200, 100, 250, {**GLOW_OPT, "lr": 2e-3}, schedule="cosine", max_steps=1300),
                    n_curve=500, curve_sets=("mnist",))
     cls = dict(eval_every=0, checkpoint_every=200, **CLS_OPT)
+    # AirbenchNet (patch whitening, widths 32-128-128) with the fast-CIFAR recipe: warm-up then linear decay,
+    # label smoothing 0.2, bf16 autocast on the CPU, crop padding 2. 10 epochs; see
+    # tools/experiments/fast_classifier.py for the accuracy-vs-CPU-time measurements.
+    airbench = classifier("cifar10", "airbench", 32,
+                          TrainConfig(epochs=10, batch_size=256, lr=0.4, warmup_steps=390, optimizer="sgd",
+                                      weight_decay=5e-4, schedule="linear", seed=0, eval_every=0,
+                                      checkpoint_every=200, amp_bf16_cpu=True, channels_last=True),
+                          label_smoothing=0.2, crop_pad=2)
     return Profile(
         name="cpu",
         description="default: the whole book on 2 CPU cores in under an hour, small models on real data",
@@ -320,19 +341,18 @@ def _cpu() -> Profile:
                                          "Glow run"), n_eval=2000, ood=GLOW_OOD),
         classifier=ClassifierSettings(
             runs=ByDataset({
-                # AirbenchNet (patch whitening, widths 32-128-128) with the fast-CIFAR recipe: warm-up then
-                # linear decay, label smoothing 0.2, bf16 autocast on the CPU, crop padding 2. 10 epochs;
-                # see tools/experiments/fast_classifier.py for the accuracy-vs-CPU-time measurements.
-                "cifar10": classifier("cifar10", "airbench", 32,
-                                      TrainConfig(epochs=10, batch_size=256, lr=0.4, warmup_steps=390, optimizer="sgd",
-                                                  weight_decay=5e-4, schedule="linear", seed=0, eval_every=0,
-                                                  checkpoint_every=200, amp_bf16_cpu=True, channels_last=True),
-                                      label_smoothing=0.2, crop_pad=2),
+                "cifar10": airbench,
                 "fashion_mnist": classifier("fashion_mnist", "small_cnn", 16,
                                             TrainConfig(epochs=2, batch_size=128, lr=0.05, warmup_steps=50, **cls)),
             }, "classifier run"),
             n_eval=2000, n_fit=10000, ood=ASH_OOD, percentiles=SWEEP, ablation_percentiles=(60, 70, 80, 90, 95),
-            methods=CLASSIFIER_METHODS, near=NEAR_OOD, networks={}),  # DenseNet-BC-100: paper profile (GPU) only
+            methods=CLASSIFIER_METHODS, near=NEAR_OOD,
+            # The same AirbenchNet without label smoothing (same seed, same budget): what smoothing does to ASH.
+            networks={"airbench_ls0": dataclasses.replace(airbench, label_smoothing=0.0)},
+            # The ASH paper's DenseNet-BC-100 and He et al.'s ResNet-20/56, trained elsewhere: 1,000 images per
+            # set (ODIN's input gradients through the DenseNet cost ~40 ms per image on 2 cores).
+            pretrained=PretrainedSettings(names=("densenet_bc100", "resnet20", "resnet56"), n_eval=1000, n_fit=5000,
+                                          n_accuracy=None), n_val=1000),
         # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
         unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, background_weight_decay=0.0,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=200,
@@ -388,7 +408,9 @@ def _paper() -> Profile:
             # autocast and channels_last on a GPU (the ASH authors' checkpoint: ~94-95 % test accuracy).
             networks={"densenet": classifier("cifar10", "densenet_bc100", 0, TrainConfig(
                 epochs=100, batch_size=128, lr=0.1, warmup_steps=400, eval_every=0, checkpoint_every=2000,
-                amp_bf16=True, channels_last=True, optimizer="sgd", weight_decay=1e-4, schedule="cosine", seed=0))}),
+                amp_bf16=True, channels_last=True, optimizer="sgd", weight_decay=1e-4, schedule="cosine", seed=0))},
+            pretrained=PretrainedSettings(names=("densenet_bc100", "resnet20", "resnet56"), n_eval=5000, n_fit=50000,
+                                          n_accuracy=None), n_val=1000),
         unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, background_weight_decay=0.0,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100),
