@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 
 from ood_core import ash, data, detectors, metrics, names, pretrained, scores
-from ood_core.artifacts import ArtifactStore, content_digest
+from ood_core.artifacts import ArtifactStore, content_digest, results_root
 from ood_core.experiment import ClassifierRun, Trained, evaluation_sets, export, published as _published_folder
 from ood_core.experiment import train_or_load, validation_sets
 
@@ -261,6 +262,65 @@ def fixed_and_validated(ev: ClassifierEvaluation, choice: pd.DataFrame, near: li
         out.insert(0, names.P_CHOSEN_BY, how)
         frames.append(out)
     return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# What makes ASH-S invert: per-network summaries of the ASH-S anatomy, and the training ablation.
+# ------------------------------------------------------------------------------------------------
+
+#: An ASH-S effect, from its mean AUROC over the OOD sets and energy's: "inverts" below 50 %, "helps" or
+#: "hurts" beyond one AUROC point from energy, else "no change".
+EFFECTS = ("inverts", "hurts", "no change", "helps")
+
+
+def ash_s_effect(energy_auroc: float, ash_s_auroc: float, margin: float = 1.0) -> str:
+    """The word for what ASH-S does to energy (see :data:`EFFECTS`)."""
+    if ash_s_auroc < 50:
+        return "inverts"
+    if ash_s_auroc > energy_auroc + margin:
+        return "helps"
+    if ash_s_auroc < energy_auroc - margin:
+        return "hurts"
+    return "no change"
+
+
+def anatomy_summary(table: pd.DataFrame, percentile: float = 95) -> dict:
+    """One network's :func:`ash_s_anatomy` table in a row: the ID median of ``s1/s2``, the median over the
+    OOD sets of their medians, mean AUROCs over the OOD sets (energy, ``s1/s2`` alone, SCALE, ASH-S), the
+    number of sets on which ASH-S beats energy, and the effect word of :func:`ash_s_effect`."""
+    p = f"{percentile:g}"
+    ood = table.dropna(subset=["AUROC energy"])
+    both, scale = f"AUROC ASH-S@{p} (both)", f"AUROC SCALE@{p} (scale)"
+    energy, ash_s = float(ood["AUROC energy"].mean()), float(ood[both].mean())
+    return {"ID median s1/s2": float(table["median s1/s2"].iloc[0]),
+            "OOD median s1/s2": float(ood["median s1/s2"].median()),
+            "AUROC s1/s2 alone": float(ood["AUROC s1/s2 alone"].mean()), "AUROC energy": energy,
+            f"AUROC SCALE@{p}": float(ood[scale].mean()), f"AUROC ASH-S@{p}": ash_s,
+            "sets where ASH-S beats energy": f"{int((ood[both] > ood['AUROC energy']).sum())} of {len(ood)}",
+            "ASH-S": ash_s_effect(energy, ash_s)}
+
+
+INVERSION_FOLDER = "ash_inversion"
+
+
+def inversion_ablation(root=None) -> tuple[pd.DataFrame, dict, dict] | None:
+    """The committed training ablation of ``tools/experiments/ash_inversion.py`` (``results/ash_inversion``):
+    ``(long table, config, meta)``, or None when absent. One anatomy row per (variant, percentile, set)."""
+    folder = (results_root() if root is None else Path(root)) / INVERSION_FOLDER
+    if not (folder / "variants.csv").is_file():
+        return None
+    return (pd.read_csv(folder / "variants.csv"), json.loads((folder / "config.json").read_text()),
+            json.loads((folder / "meta.json").read_text()))
+
+
+def inversion_summary(long: pd.DataFrame, percentile: float = 95) -> pd.DataFrame:
+    """Per variant of the ablation: test accuracy and :func:`anatomy_summary` at ``percentile``."""
+    rows = []
+    for variant, g in long[long["percentile"] == percentile].groupby("variant", sort=False):
+        rows.append({"variant": variant, "what": g["what"].iloc[0], "test accuracy (%)": g["test accuracy (%)"].iloc[0],
+                     **anatomy_summary(g.drop(columns=["variant", "what", "percentile", "test accuracy (%)"]),
+                                       percentile)})
+    return pd.DataFrame(rows).set_index("variant")
 
 
 def summary(long: pd.DataFrame) -> pd.DataFrame:
