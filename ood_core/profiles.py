@@ -284,7 +284,7 @@ def _smoke() -> Profile:
             networks={"densenet": ClassifierRun("cifar10", ClassifierConfig("densenet_bc100", growth_rate=2),
                                                 TrainConfig(**{**cls_train, "batch_size": 32}), n_train=64,
                                                 n_curve=32)}),
-        unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, background_weight_decay=0.0,
+        unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, background_weight_decay=1e-4,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=20,
                                 batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS,
                                 remedies=REMEDIES, reference_classifier=REFERENCE_CLASSIFIER),
@@ -333,8 +333,9 @@ def _cpu() -> Profile:
             }, "classifier run"),
             n_eval=2000, n_fit=10000, ood=ASH_OOD, percentiles=SWEEP, ablation_percentiles=(60, 70, 80, 90, 95),
             methods=CLASSIFIER_METHODS, near=NEAR_OOD, networks={}),  # DenseNet-BC-100: paper profile (GPU) only
-        # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
-        unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, background_weight_decay=0.0,
+        # A background Glow with the model's L, half its depth (K=4 vs 8) and half its width (32 vs 64); Ren et al.
+        # use the same architecture (the seed study does, chapters 14-15).
+        unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, background_weight_decay=1e-4,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=200,
                                 batch_sizes=(1, 2, 5, 10, 25, 50), generative=UNIFIED_GENERATIVE,
                                 classifier=ASH_METHODS, remedies=REMEDIES, reference_classifier=REFERENCE_CLASSIFIER),
@@ -389,7 +390,7 @@ def _paper() -> Profile:
             networks={"densenet": classifier("cifar10", "densenet_bc100", 0, TrainConfig(
                 epochs=100, batch_size=128, lr=0.1, warmup_steps=400, eval_every=0, checkpoint_every=2000,
                 amp_bf16=True, channels_last=True, optimizer="sgd", weight_decay=1e-4, schedule="cosine", seed=0))}),
-        unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, background_weight_decay=0.0,
+        unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, background_weight_decay=1e-4,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100),
                                 generative=(*UNIFIED_GENERATIVE, "input_complexity:codec=webp"),
