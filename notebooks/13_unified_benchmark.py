@@ -19,13 +19,14 @@
 #
 # * **generative** — Glow, CV-Glow, VAE (IWAE bound) and PixelCNN log-likelihood
 #   {cite}`nalisnick2019deep`; the likelihood
-#   ratio against a background Glow trained on inputs with 20 % of pixels replaced (Ren et al.,
-#   2019); the typicality test at batch size 1 and larger (Nalisnick et al., 2019b); input
+#   ratio against a background Glow trained on inputs with 20 % of sub-pixels (channel values) replaced
+#   by uniform noise and an L2 penalty (Ren et al., 2019); the typicality test at batch size 1 and larger (Nalisnick et al., 2019b); input
 #   complexity with PNG and LZMA code lengths (Serrà et al., 2020);
 # * **classifier** — MSP, max-logit, energy, ODIN, ReAct, DICE, Mahalanobis, ASH-P/B/S.
 #
-# All models come from the artifact cache of the earlier chapters; only the background Glows
-# (smaller than the models; Ren et al. use the same architecture) are trained here.
+# All models come from the artifact cache of the earlier chapters; only the background Glows are trained
+# here. In the cpu profile they are smaller than the models (the same L, K = 4 steps per level instead of 8,
+# width 32 instead of 64); Ren et al. use the same architecture, as chapter 14 and the paper profile do.
 #
 # **Uncertainty.** The intervals here cover test-set sampling only: each model of this page is one
 # training run (as in both papers). The spread over training seeds, and the reversed pair

@@ -20,14 +20,16 @@
 # every colour set of the mirror, TinyImageNet (near-OOD) included:
 #
 # * **likelihood ratio** {cite}`ren2019likelihood`: $\log p_\theta(x) - \log p_{\theta_0}(x)$, the background
-#   model $\theta_0$ of the *same* architecture trained on inputs with a fraction $\mu$ of pixels replaced by
-#   noise and an L2 penalty, so that it learns the population-level statistics (how many pixels are dark,
-#   how smooth images are) that dominate $\log p$; PixelCNN and Glow versions;
+#   model $\theta_0$ of the *same* architecture trained on inputs with a fraction $\mu$ of sub-pixels (each
+#   channel value of each pixel, independently) replaced by uniform noise and an L2 penalty, so that it
+#   learns the population-level statistics (how many pixels are dark, how smooth images are) that dominate
+#   $\log p$; PixelCNN and Glow versions;
 # * **input complexity** {cite}`serra2020input`: $\log_2 p(x) + L(x)$ with $L$ a lossless compressor's code
 #   length;
 # * **typicality** {cite}`nalisnick2019typicality`: $-|{-\log p(x)} - \hat H|$ with the entropy $\hat H$
 #   estimated on held-out ID training images;
-# * **DoSE** {cite}`morningstar2021dose`: a density (KDE) over the model's per-example summary statistics
+# * **DoSE** {cite}`morningstar2021dose`: the sum of per-statistic log-densities (one KDE per statistic) of
+#   the model's per-example summary statistics
 #   ($\log p(x)$, $\log p(z)$ per level, the log-det and $\lVert z\rVert^2$ for Glow; the ELBO terms for the
 #   VAE), fitted on held-out ID images;
 # * **a flow on classifier embeddings** {cite}`kirichenko2020why`: the same kind of flow, trained on the
@@ -170,9 +172,11 @@ plt.show()
 #   reversed direction is easy (98–99 %): a one-epoch Glow background has not learned the population
 #   statistics any better than the model.
 #
-# The profile keeps $\mu = 0.2$ and L2 $10^{-4}$ for the PixelCNN background (the seed-averaged table
-# above measures it). The ratio needs models trained well past one epoch: that is the paper profile's
-# job, on a GPU.
+# The profile keeps $\mu = 0.2$ and L2 $10^{-4}$ for the PixelCNN and the Glow backgrounds (the
+# seed-averaged table above measures them). That sweep perturbed whole pixels (all channels of a location
+# together); the backgrounds now follow the paper and perturb each sub-pixel on its own, which changes
+# nothing for one-channel images (FashionMNIST, MNIST) and only the CIFAR-10 backgrounds. The ratio needs
+# models trained well past one epoch: that is the paper profile's job, on a GPU.
 
 # %% [markdown]
 # ## On CIFAR-10, against every colour set
@@ -208,7 +212,7 @@ WHY = {
                         "direction and adds the opposite bias when the OOD set is the more complex one",
     "typicality": "it asks whether log p is *typical*, not high, so it flags inputs that are too likely as well "
                   "as too unlikely, but one input is a noisy test",
-    "DoSE": "a density over several summary statistics learns their joint ID range, so an input can be atypical "
+    "DoSE": "a density per summary statistic learns each one's ID range, so an input can be atypical "
             "in log-det or latent norm even when log p is high",
     "flow on classifier features": "the classifier's features carry semantic content and none of the pixel "
                                    "statistics, so the density is of *what* the image shows",

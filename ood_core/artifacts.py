@@ -10,8 +10,10 @@ date), the payload (``arrays.npz``, ``model.pt``, ``table.csv``...) and, written
 folder without ``DONE`` is never trusted.
 
 Stale artifacts. When code changes what a cached artifact *means*, its kind's version is bumped and
-every old key becomes unreachable. A test (``tests/test_keys.py``) fingerprints the code listed
-for each kind (comments, docstrings and layout ignored) and fails when it changed since the
+every old key becomes unreachable. A test (``tests/test_keys.py``) fingerprints the code each kind
+lists *and every function, class and module-level statement of the package that code reaches*
+(:func:`reachable`, a static reference graph; comments, docstrings and layout ignored) and fails,
+naming the kind, when it changed since the
 fingerprint recorded in ``artifact_fingerprints.json``: the author then decides -- bump the version
 (the meaning changed) or not (a refactoring) -- and records the new fingerprint with
 ``python -m ood_core keys --record``. A forgotten bump cannot pass the test suite silently.
@@ -33,8 +35,7 @@ import ast
 import dataclasses
 import datetime as _dt
 import hashlib
-import importlib
-import inspect
+import functools
 import io
 import json
 import logging
@@ -61,8 +62,9 @@ _REPO = Path(__file__).resolve().parent.parent
 class Kind:
     """An artifact kind: its schema ``version`` and the ``code`` that defines what it holds.
 
-    ``code`` lists modules (``"ood_core.flows"``) or objects (``"ood_core.families:glow_loss"``)
-    whose behaviour determines the payload; their fingerprint is pinned by the test suite.
+    ``code`` lists the roots -- modules (``"ood_core.flows"``) or objects (``"ood_core.families:GLOW"``)
+    -- whose behaviour determines the payload; the fingerprint covers them and everything of the
+    package they reach (:func:`reachable`) and is pinned by the test suite.
     """
 
     name: str
@@ -72,34 +74,40 @@ class Kind:
 
 
 #: Every artifact kind the package writes. Bump a version when its code changes what it means.
+#: Last bumps: the Glow path and AirbenchNet had changed without a bump, Ren et al.'s background now perturbs
+#: sub-pixels (and the Glow background has an L2 penalty), DoSE sums per-statistic KDEs, the classifier tables
+#: are keyed by image content and the claim rules changed: glow 3, vae 3, pixelcnn 3, classifier 3 and every
+#: kind keyed by their runs (glow_scores 4, vae_scores 3, pixelcnn_scores 3, classifier_features 3,
+#: classifier_tables 4), evidence 2. The committed-results kinds (glow_results, classifier_results) keep their
+#: versions: their keys are the run configs, which did not change, so results/ stays reachable.
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("glow", 2, ("ood_core.flows", "ood_core.train", "ood_core.families:GLOW", "ood_core.families:glow_loss",
+    Kind("glow", 3, ("ood_core.flows", "ood_core.train", "ood_core.families:GLOW", "ood_core.families:glow_loss",
                      "ood_core.families:curve_evaluators", "ood_core.families:dequantize_batch",
                      "ood_core.likelihood"),
          "trained Glow / CV-Glow weights and training curves"),
-    Kind("vae", 2, ("ood_core.vae", "ood_core.discretized", "ood_core.train", "ood_core.families:VAE",
+    Kind("vae", 3, ("ood_core.vae", "ood_core.discretized", "ood_core.train", "ood_core.families:VAE",
                     "ood_core.families:curve_evaluators"),
          "trained VAE weights and training curves"),
-    Kind("pixelcnn", 2, ("ood_core.pixelcnn", "ood_core.discretized", "ood_core.train",
+    Kind("pixelcnn", 3, ("ood_core.pixelcnn", "ood_core.discretized", "ood_core.train",
                          "ood_core.families:PIXELCNN", "ood_core.families:curve_evaluators"),
          "trained PixelCNN weights and training curves"),
-    Kind("classifier", 2, ("ood_core.classifiers", "ood_core.train", "ood_core.families:CLASSIFIER",
+    Kind("classifier", 3, ("ood_core.classifiers", "ood_core.train", "ood_core.families:CLASSIFIER",
                            "ood_core.families:random_crop_flip"),
          "trained classifier weights and accuracy curves"),
-    Kind("glow_scores", 3, ("ood_core.flows", "ood_core.likelihood", "ood_core.families:score_glow"),
+    Kind("glow_scores", 4, ("ood_core.flows", "ood_core.likelihood", "ood_core.families:score_glow"),
          "per-example log-likelihood terms of a Glow on one image set"),
-    Kind("vae_scores", 2, ("ood_core.vae", "ood_core.discretized", "ood_core.families:score_vae"),
+    Kind("vae_scores", 3, ("ood_core.vae", "ood_core.discretized", "ood_core.families:score_vae"),
          "per-example ELBO / IWAE terms of a VAE on one image set"),
-    Kind("pixelcnn_scores", 2, ("ood_core.pixelcnn", "ood_core.discretized", "ood_core.families:score_pixelcnn"),
+    Kind("pixelcnn_scores", 3, ("ood_core.pixelcnn", "ood_core.discretized", "ood_core.families:score_pixelcnn"),
          "per-example exact log-likelihoods of a PixelCNN on one image set"),
-    Kind("classifier_features", 2, ("ood_core.classifiers", "ood_core.scores:compute_logits_and_features"),
+    Kind("classifier_features", 3, ("ood_core.classifiers", "ood_core.scores:compute_logits_and_features"),
          "penultimate features and logits of one image set"),
-    Kind("classifier_tables", 3, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
+    Kind("classifier_tables", 4, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
                                   "ood_core.classifier_study"),
          "benchmark, percentile-sweep, local-vs-global and where-to-ASH tables of one evaluation"),
     Kind("feature_flow", 1, ("ood_core.feature_flow", "ood_core.train", "ood_core.experiment:train_feature_flow"),
          "a flow trained on a classifier's penultimate features (Kirichenko et al.)"),
-    Kind("evidence", 1, ("ood_core.claims",), "the measured evidence of one claim, recorded by a chapter"),
+    Kind("evidence", 2, ("ood_core.claims",), "the measured evidence of one claim, recorded by a chapter"),
     Kind("glow_results", 1, ("ood_core.likelihood_study:export_results",),
          "committed paper-profile likelihood results (per-example bits/dim terms, curves)"),
     Kind("classifier_results", 1, ("ood_core.classifier_study:export_results",),
@@ -164,25 +172,196 @@ def artifact_key(kind_name: str, config: Any) -> str:
 
 # ----------------------------------------------------------------------------- code fingerprints
 
-def _source_of(ref: str) -> str:
-    """Source text of ``"package.module"`` or ``"package.module:qualname"``."""
-    module_name, _, qualname = ref.partition(":")
-    module = importlib.import_module(module_name)
-    if not qualname:
-        return inspect.getsource(module)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)):
-        # a module-level object (e.g. a registry entry): fingerprint the statement that defines it
-        source = inspect.getsource(module)
+PACKAGE = "ood_core"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class _Module:
+    """One parsed module of the package: its top-level statements and the names they bind."""
+
+    name: str  # "ood_core.families"
+    source: str
+    statements: tuple[ast.stmt, ...]
+    defines: dict[str, int]  # top-level name -> index of the (last) statement that binds it
+    aliases: dict[str, tuple[str, str | None]]  # imported name -> (module, attribute or None for a module)
+    normalized: dict[int, str] = dataclasses.field(default_factory=dict)  # statement index -> normalised source
+
+
+def _normalized_statement(m: _Module, i: int) -> str:
+    if i not in m.normalized:
+        m.normalized[i] = normalized_source(_statement_source(m.source.splitlines(keepends=True), m.statements[i]))
+    return m.normalized[i]
+
+
+def _statement_source(source_lines: list[str], node: ast.stmt) -> str:
+    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", ())])
+    return "".join(source_lines[start - 1:node.end_lineno])
+
+
+def _bound_names(node: ast.stmt) -> list[str]:
+    """Names a top-level statement binds (definitions and assignments; imports are aliases, see below)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    targets: list[ast.AST] = []
+    if isinstance(node, ast.Assign):
+        targets = list(node.targets)
+    elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        targets = [node.target]
+    elif isinstance(node, (ast.If, ast.Try, ast.With)):  # e.g. a guarded definition: bind what its body binds
+        return [n for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt) for n in _bound_names(child)]
+    return [t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)]
+
+
+def _import_aliases(node: ast.AST, module: str, modules: set[str]) -> dict[str, tuple[str, str | None]]:
+    """``{local name: (package module, attribute or None)}`` for the imports of package code in ``node``."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for imp in ast.walk(node):
+        if isinstance(imp, ast.Import):
+            for a in imp.names:
+                if a.name in modules:
+                    out[a.asname or a.name.split(".")[0]] = (a.name if a.asname else a.name.split(".")[0], None)
+        elif isinstance(imp, ast.ImportFrom):
+            if imp.level:  # relative: resolved against this module's package
+                base = ".".join(module.split(".")[:-imp.level] + ([imp.module] if imp.module else []))
+            else:
+                base = imp.module or ""
+            if base not in modules:
+                continue
+            for a in imp.names:
+                sub = f"{base}.{a.name}"
+                out[a.asname or a.name] = (sub, None) if sub in modules else (base, a.name)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_package(package_dir: str, stamp: tuple) -> dict[str, _Module]:
+    root = Path(package_dir)
+    files = {PACKAGE if p.name == "__init__.py" else f"{PACKAGE}.{p.stem}": p for p in sorted(root.glob("*.py"))}
+    names = set(files)
+    modules = {}
+    for name, path in files.items():
+        source = path.read_text()
         tree = ast.parse(source)
+        defines = {}
+        for i, node in enumerate(tree.body):
+            for n in _bound_names(node):
+                defines[n] = i
+        aliases = {}
         for node in tree.body:
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            if any(isinstance(t, ast.Name) and t.id == qualname for t in targets):
-                return ast.get_source_segment(source, node) or ""
-        raise ValueError(f"cannot find the statement defining {ref}")
-    return inspect.getsource(obj)
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                aliases.update(_import_aliases(node, name, names))
+        modules[name] = _Module(name, source, tuple(tree.body), defines, aliases)
+    return modules
+
+
+def _package(package_dir: Path | None = None) -> dict[str, _Module]:
+    root = Path(package_dir) if package_dir is not None else _PACKAGE_DIR
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.glob("*.py")))
+    return _parse_package(str(root), stamp)
+
+
+_Node = tuple[str, int]  # (module, index of a top-level statement)
+
+
+def _resolve(modules: dict[str, _Module], target: tuple[str, str | None], seen: frozenset = frozenset()
+             ) -> list[_Node]:
+    """The statements ``(module, attribute)`` stands for: the binding statement, or (re-exports) what it imports."""
+    module, attr = target
+    if module not in modules or (module, attr) in seen:
+        return []
+    m = modules[module]
+    if attr is None:
+        return []  # a module object itself: what is reached is its attributes, resolved where they are used
+    if attr in m.defines:
+        return [(module, m.defines[attr])]
+    if attr in m.aliases:  # re-exported, e.g. ``from ood_core.flows import Glow`` in another module
+        return _resolve(modules, m.aliases[attr], seen | {(module, attr)})
+    return []
+
+
+def _references(modules: dict[str, _Module], module: str, node: ast.AST) -> set[_Node]:
+    """Package statements a statement refers to: its names, ``module.attr`` chains and imports of package code."""
+    m = modules[module]
+    local = {**m.aliases, **_import_aliases(node, module, set(modules))}
+    out: set[_Node] = set()
+    for target in _import_aliases(node, module, set(modules)).values():  # an import inside a function body
+        out.update(_resolve(modules, target))
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            if sub.id in m.defines:
+                out.add((module, m.defines[sub.id]))
+            elif sub.id in local:
+                out.update(_resolve(modules, local[sub.id]))
+        elif isinstance(sub, ast.Attribute):
+            chain = []
+            base: ast.AST = sub
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if not isinstance(base, ast.Name) or base.id not in local:
+                continue
+            target = local[base.id]
+            for attr in reversed(chain):  # walk ``gsc.perturb_pixels`` / ``ood_core.data.load`` into the package
+                if target[1] is not None:
+                    break
+                sub_module = f"{target[0]}.{attr}"
+                target = (sub_module, None) if sub_module in modules else (target[0], attr)
+            out.update(_resolve(modules, target))
+    return out
+
+
+def reachable(refs: tuple[str, ...] | list[str], package_dir: Path | None = None) -> dict[str, list[str]]:
+    """Every top-level statement of the package that the roots ``refs`` reach, ``{module: [statement labels]}``.
+
+    Roots are modules (``"ood_core.flows"``: every statement of it) or objects
+    (``"ood_core.families:GLOW"``: the statement that binds the name). From the roots the static
+    reference graph is followed: a reached statement pulls in every package definition it names --
+    directly, through ``from ood_core import x`` / ``from ood_core.x import y`` / ``import`` aliases
+    at module level or inside the function, and through ``module.attr`` chains -- transitively.
+    Module-level statements that bind no name (e.g. an ``if`` of registrations) are reached with
+    their module. Over-approximates (a local variable named like a module-level function pulls the
+    function in), never under-approximates static references; ``getattr`` by computed names and
+    ``importlib`` are not followed.
+    """
+    return {module: [_label(modules, (module, i)) for i in sorted(idx)]
+            for modules in [_package(package_dir)]
+            for module, idx in _reach(modules, tuple(refs)).items()}
+
+
+def _label(modules: dict[str, _Module], node: _Node) -> str:
+    statement = modules[node[0]].statements[node[1]]
+    bound = _bound_names(statement)
+    return ", ".join(bound) if bound else f"<statement at line {statement.lineno}>"
+
+
+def _reach(modules: dict[str, _Module], refs: tuple[str, ...]) -> dict[str, set[int]]:
+    todo: list[_Node] = []
+    for ref in refs:
+        module_name, _, qualname = ref.partition(":")
+        if module_name not in modules:
+            raise ValueError(f"{ref}: {module_name} is not a module of {PACKAGE}")
+        m = modules[module_name]
+        if not qualname:
+            todo += [(module_name, i) for i, s in enumerate(m.statements) if not isinstance(s, (ast.Import, ast.ImportFrom))]
+            continue
+        found = _resolve(modules, (module_name, qualname.split(".")[0]))
+        if not found:
+            raise ValueError(f"cannot find the statement defining {ref}")
+        todo += found
+    reached: dict[str, set[int]] = {}
+    while todo:
+        module, i = todo.pop()
+        if i in reached.setdefault(module, set()):
+            continue
+        if not reached[module]:  # first statement of a module: its statements that bind nothing come along
+            todo += [(module, j) for j, s in enumerate(modules[module].statements)
+                     if not _bound_names(s) and not isinstance(s, (ast.Import, ast.ImportFrom))
+                     and not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        reached[module].add(i)
+        todo += [n for n in _references(modules, module, modules[module].statements[i])
+                 if n[1] not in reached.get(n[0], set())]
+    return reached
 
 
 def normalized_source(source: str) -> str:
@@ -207,11 +386,20 @@ def normalized_source(source: str) -> str:
     return " ".join(tokens)
 
 
-def code_fingerprint(kind_name: str) -> str:
-    """sha256 (16 hex digits) of the normalised source of everything ``KINDS[kind_name].code`` lists."""
+def code_fingerprint(kind_name: str, package_dir: Path | None = None) -> str:
+    """sha256 (16 hex digits) of the normalised source of every package statement ``KINDS[kind_name].code`` reaches.
+
+    See :func:`reachable`: the listed roots and every function, class and module-level statement of
+    the package they refer to, transitively (so a helper two calls away is covered). Comments,
+    docstrings and layout are ignored (:func:`normalized_source`), and so is the order of
+    definitions in a file. ``package_dir`` fingerprints another copy of the package (default: this one).
+    """
+    modules = _package(package_dir)
     h = hashlib.sha256()
-    for ref in kind(kind_name).code:
-        h.update(ref.encode() + b"\0" + normalized_source(_source_of(ref)).encode() + b"\0")
+    for module, idx in sorted(_reach(modules, kind(kind_name).code).items()):
+        h.update(module.encode() + b"\0")
+        for text in sorted(_normalized_statement(modules[module], i) for i in idx):
+            h.update(text.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -240,13 +428,16 @@ def stale_kinds() -> list[str]:
         rec = recorded.get(name)
         fp = code_fingerprint(name)
         if rec is None:
-            problems.append(f"{name}: no recorded fingerprint (new kind?)")
+            problems.append(f"{name}: no recorded fingerprint (new kind?): record it with python -m ood_core keys "
+                            "--record")
         elif rec["fingerprint"] != fp and rec["version"] == k.version:
-            problems.append(f"{name}: the code behind it ({', '.join(k.code)}) changed since version {k.version} was "
-                            "recorded. If cached artifacts of this kind now mean something else, bump its version in "
-                            "ood_core/artifacts.py; then record")
+            problems.append(f"{name}: the code it reaches from {', '.join(k.code)} changed since version {k.version} "
+                            "was recorded. If cached artifacts of this kind now mean something else, bump its version "
+                            "in ood_core/artifacts.py (old artifacts become unreachable and are recomputed); then "
+                            "record with python -m ood_core keys --record")
         elif rec["version"] != k.version:
-            problems.append(f"{name}: version {k.version} in code, {rec['version']} recorded: record the new version")
+            problems.append(f"{name}: version {k.version} in code, {rec['version']} recorded: record the new version "
+                            "with python -m ood_core keys --record")
     return problems
 
 

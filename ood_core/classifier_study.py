@@ -119,12 +119,22 @@ class ClassifierEvaluation:
         """ID test accuracy (%) of the unchanged classifier."""
         return self.suite.accuracy("energy")
 
+    @cached_property
+    def images_digest(self) -> dict[str, str]:
+        """Content digests of the ID test and OOD images (:func:`ood_core.artifacts.content_digest`), by set key."""
+        return {names.ID_TEST: content_digest(self.id_set.x), **{k: content_digest(s.x) for k, s in self.ood_sets.items()}}
+
     def _table(self, name: str, params, compute) -> pd.DataFrame:
-        """``compute()`` once per (evaluation, table, params): several chapters show the same tables."""
+        """``compute()`` once per (evaluation, table, params): several chapters show the same tables.
+
+        Keyed by :attr:`key` (the run and how the sets were drawn, with the fit images' digest) *and* the
+        content digests of the evaluated images, so a table is never served for other images that carry
+        the same set names (a changed mirror, view or subset rule).
+        """
         if self.key is None:
             return compute()
         store = self.store or ArtifactStore()
-        cfg = {**self.key, "table": name, "params": params}
+        cfg = {**self.key, "images": self.images_digest, "table": name, "params": params}
         if not store.exists("classifier_tables", cfg):
             store.save("classifier_tables", cfg, files={"table.csv": compute().to_csv(index=False)})
         return pd.read_csv(io.StringIO(store.read_text("classifier_tables", cfg, "table.csv")))
@@ -159,7 +169,8 @@ def evaluate(run: ClassifierRun, n_eval: int | None, n_fit: int | None, ood, see
     fit_set = data.load(run.dataset, "train").subset(n_fit, seed)
     sets, missing = evaluation_sets(run.dataset, n_eval, list(ood), seed=seed, train_split=False)
     id_set = sets.pop(names.ID_TEST)
-    key = {"run": run, "n_eval": n_eval, "n_fit": n_fit, "ood": list(ood), "seed": seed}
+    key = {"run": run, "n_eval": n_eval, "n_fit": n_fit, "ood": list(ood), "seed": seed,
+           "fit_images": content_digest(fit_set.x)}
     return ClassifierEvaluation(trained, id_set, sets, missing, features(trained, fit_set, store),
                                 features(trained, id_set, store), {k: features(trained, s, store) for k, s in sets.items()},
                                 key, store, seed)

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 from ood_core import ash, data, metrics, names, scores
 from ood_core import generative_scores as gsc
@@ -200,13 +201,31 @@ class Context:
 
 # ----------------------------------------------------------------------------------- contract
 
+class NotFittedError(_SklearnNotFittedError):
+    """A detector that learns state in ``fit`` (names ending in ``_``) was asked to score or predict first.
+
+    A subclass of scikit-learn's ``NotFittedError`` (itself a ``ValueError`` and ``AttributeError``),
+    so code that catches either keeps working.
+    """
+
+
 class Detector:
-    """Base class: see the module docstring. Subclasses set ``family`` and implement ``score``."""
+    """Base class: see the module docstring. Subclasses set ``family`` and implement ``score``.
+
+    Detectors with ``needs_fit = True`` learn state in ``fit`` (attributes ending in ``_``, as in
+    scikit-learn) and raise :class:`NotFittedError` when scored before it.
+    """
 
     family: ClassVar[str] = names.CLASSIFIER
+    needs_fit: ClassVar[bool] = False
 
     def fit(self, ctx: Context) -> "Detector":
         return self
+
+    def _require_fitted(self) -> None:
+        if self.needs_fit and not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
+            raise NotFittedError(f"this {type(self).__name__} detector is not fitted yet: call .fit(ctx) before "
+                                 "scoring (detectors.Suite fits each detector once for you)")
 
     def score(self, ctx: Context, key: str) -> np.ndarray:
         raise NotImplementedError
@@ -232,6 +251,7 @@ class ClassifierDetector(Detector):
     """
 
     family = names.CLASSIFIER
+    needs_fit = True  # most learn from the ID training features; pure functions of the logits set it False
 
     def fit(self, ctx: Context) -> "ClassifierDetector":
         clf = ctx.require_classifier()
@@ -249,16 +269,20 @@ class ClassifierDetector(Detector):
         raise NotImplementedError
 
     def score(self, ctx: Context, key: str) -> np.ndarray:
+        self._require_fitted()
         with torch.no_grad():
             return _np(self.score_features(ctx.features(key), ctx.require_classifier().model_cpu))
 
     def predict(self, ctx: Context, key: str) -> np.ndarray:
+        self._require_fitted()
         with torch.no_grad():
             return self.logits(ctx.features(key), ctx.require_classifier().model_cpu).argmax(1).numpy()
 
 
 class LogitScore(ClassifierDetector):
     """A pure function of the cached logits: MSP, max-logit, GEN."""
+
+    needs_fit = False
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
         self.fn = fn
@@ -329,6 +353,8 @@ class AshExponent(ClassifierDetector):
     dominated by this ratio; its AUROC says how much of ASH-S's ranking the ratio decides on its own.
     """
 
+    needs_fit = False
+
     def __init__(self, percentile: float):
         self.percentile = percentile
 
@@ -350,6 +376,8 @@ class Mahalanobis(ClassifierDetector):
 
 class ODIN(ClassifierDetector):
     """Liang et al. (2018): temperature-scaled MSP after input perturbation (needs the images)."""
+
+    needs_fit = False
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014):
         self.temperature, self.epsilon = temperature, epsilon
@@ -406,6 +434,7 @@ class Typicality(Detector):
     """
 
     family = names.GENERATIVE
+    needs_fit = True
 
     def __init__(self, model: str = "glow"):
         self.model = model
@@ -415,6 +444,7 @@ class Typicality(Detector):
         return self
 
     def score(self, ctx, key):
+        self._require_fitted()
         return -np.abs(-ctx.likelihood(self.model).scores[key]["log_px"] - self.entropy_)
 
 
@@ -423,10 +453,13 @@ class DoSE(Detector):
 
     Fitted on the held-out ID images' statistics (:func:`ood_core.generative_scores.dose_statistics`:
     log p(x), per-level log p(z), log-det and ||z||^2 for a flow; IWAE, reconstruction and KL for a
-    VAE; log p(x) alone for an autoregressive model), scored by KDE or a one-class SVM.
+    VAE; log p(x) alone for an autoregressive model). ``method="kde"`` (the default, the paper's) sums
+    one 1-D KDE log-density per statistic; ``"joint_kde"`` (spec ``dose:method=joint_kde``) is one KDE
+    over the statistics jointly; ``"ocsvm"`` a one-class SVM (:class:`ood_core.generative_scores.DoSE`).
     """
 
     family = names.GENERATIVE
+    needs_fit = True
 
     def __init__(self, model: str = "glow", method: str = "kde"):
         self.model, self.method = model, method
@@ -438,6 +471,7 @@ class DoSE(Detector):
         return self
 
     def score(self, ctx, key):
+        self._require_fitted()
         return self.dose_.score(gsc.dose_statistics(ctx.likelihood(self.model).scores[key], self.keys_))
 
 
@@ -586,9 +620,14 @@ def _ratio_title(spec: Spec) -> str:
     return "likelihood ratio" if model == "glow" else f"likelihood ratio ({_ROLE_TITLES.get(model, model)})"
 
 
+_DOSE_METHOD_TITLES = {"kde": "KDE per statistic", "joint_kde": "joint KDE", "ocsvm": "OCSVM"}
+
+
 def _dose_title(spec: Spec) -> str:
     part = spec.parts[0]
-    return f"DoSE ({_ROLE_TITLES.get(part.option('model'), part.option('model'))}, {part.option('method').upper()})"
+    method = part.option("method")
+    return (f"DoSE ({_ROLE_TITLES.get(part.option('model'), part.option('model'))}, "
+            f"{_DOSE_METHOD_TITLES.get(method, str(method).upper())})")
 
 
 def _codec_title(spec: Spec) -> str:
@@ -645,7 +684,8 @@ REGISTRY: dict[str, Entry] = {
                         doc="typicality test at batch size 1 (Nalisnick et al. 2019b)"),
     "dose": Entry(lambda s: DoSE(s.parts[0].option("model"), s.parts[0].option("method")), _dose_title,
                   options={"model": "glow", "method": "kde"}, family=names.GENERATIVE,
-                  doc="a density over a model's summary statistics, fitted on held-out ID images (Morningstar et al. 2021)"),
+                  doc="the sum of per-statistic KDE log-densities of a model's summary statistics, fitted on held-out "
+                      "ID images (Morningstar et al. 2021); method=joint_kde: one KDE over them jointly"),
     "feature_flow": Entry(lambda s: FeatureDensity(s.parts[0].option("layers"), s.parts[0].option("hidden"),
                                                    s.parts[0].option("epochs")),
                           _fixed("flow on classifier features"), options={"layers": 8, "hidden": 256, "epochs": 20},

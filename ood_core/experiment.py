@@ -249,15 +249,19 @@ def train_feature_flow(features, flow: Any, train_config: TrainConfig, store: Ar
 # ----------------------------------------------------------------------------- evaluation sets
 
 def evaluation_sets(dataset: str, n: int | None, ood, seed: int = 0, shape=None,
-                    train_split: bool = True) -> tuple[dict[str, data.ImageSet], dict[str, str]]:
+                    train_split: bool = True, train_set: data.ImageSet | None = None
+                    ) -> tuple[dict[str, data.ImageSet], dict[str, str]]:
     """ID train/test subsets and the OOD sets in the model's shape; and the OOD sets that are missing.
 
     Every chapter draws these with the same ``n`` and ``seed``, so detectors meet on the same images.
+    The ID train subset is drawn from ``train_set`` -- the images the model trained on
+    (:func:`ood_core.families.training_images`), so that "ID train" holds training images only --
+    or from the whole training split when it is None.
     """
     shape = shape or data.spec(dataset).shape
     sets = {}
     if train_split:
-        sets[names.ID_TRAIN] = data.load(dataset, "train").subset(n, seed)
+        sets[names.ID_TRAIN] = (train_set if train_set is not None else data.load(dataset, "train")).subset(n, seed)
     sets[names.ID_TEST] = data.load(dataset, "test").subset(n, seed)
     ood_sets, missing = data.ood_sets(shape, list(ood), n=n, seed=seed)
     sets.update(ood_sets)

@@ -88,7 +88,12 @@ def curve_evaluators(run, mean_bpd: Callable[[nn.Module, torch.Tensor], np.ndarr
             for name, x in curve_sets(run).items()}
 
 
-def _train_images(run) -> data.ImageSet:
+def training_images(run) -> data.ImageSet:
+    """The ID training images ``run`` trains on: ``n_train`` of the training split, drawn with the training seed.
+
+    :func:`ood_core.experiment.heldout_set` holds out the rest; the likelihood evaluation's "ID train"
+    subset is drawn from these images.
+    """
     return data.load(run.dataset, "train").subset(run.n_train, seed=run.train.seed)
 
 
@@ -143,7 +148,7 @@ def _glow_config(run) -> GlowConfig:
 
 
 def _glow_training(run) -> Training:
-    images = _train_images(run)
+    images = training_images(run)
     return Training(
         TensorDataset(images.x), len(images), glow_loss,
         curve_evaluators(run, lambda m, x: likelihood.score_flow(m, x, batch_size=run.eval_batch, seed=0)["bpd"]),
@@ -197,7 +202,7 @@ def score_vae(model, x_uint8: torch.Tensor, run, seed: int) -> dict[str, np.ndar
 def _vae_training(run) -> Training:
     from ood_core.vae import negative_elbo_bpd, score_images
 
-    images = _train_images(run)
+    images = training_images(run)
     # curves track the one-sample ELBO (cheap, seeded); IWAE_1 is drawn too, as in scoring
     return Training(TensorDataset(images.x), len(images), negative_elbo_bpd, curve_evaluators(
         run, lambda m, x: score_images(m, x, batch_size=run.eval_batch, seed=0, iwae_k=1)["bpd_elbo"]),
@@ -233,7 +238,7 @@ def score_pixelcnn(model, x_uint8: torch.Tensor, run, seed: int) -> dict[str, np
 def _pixelcnn_training(run) -> Training:
     from ood_core.pixelcnn import nll_bpd, score_images
 
-    images = _train_images(run)
+    images = training_images(run)
     return Training(TensorDataset(images.x), len(images), nll_bpd, curve_evaluators(
         run, lambda m, x: score_images(m, x, batch_size=run.eval_batch)["bpd"]),
         batch_transform=perturb_uint8(run.perturb) if run.perturb else None)
@@ -296,7 +301,7 @@ N_INIT_IMAGES = 5000
 
 
 def _classifier_training(run) -> Training:
-    images = _train_images(run)
+    images = training_images(run)
     test = data.load(run.dataset, "test").subset(run.n_curve, seed=1)
     flip = data.spec(run.dataset).shape[0] == 3
     transform = (lambda b, g: (random_crop_flip(b[0], g, pad=run.crop_pad, flip=flip), b[1])) if run.augment else None
@@ -345,4 +350,4 @@ def family(name: str) -> Family:
         raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}") from None
 
 
-__all__ = ["CLASSIFIER", "FAMILIES", "Family", "GLOW", "PIXELCNN", "Training", "VAE", "accuracy", "cross_entropy_loss", "curve_evaluators", "curve_sets", "family", "random_crop_flip"]
+__all__ = ["CLASSIFIER", "FAMILIES", "Family", "GLOW", "PIXELCNN", "Training", "VAE", "accuracy", "cross_entropy_loss", "curve_evaluators", "curve_sets", "family", "random_crop_flip", "training_images"]

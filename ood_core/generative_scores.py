@@ -64,6 +64,7 @@ __all__ = [
     "input_complexity_score",
     "input_complexity_statistic",
     "likelihood_ratio",
+    "PERTURB_UNITS",
     "perturb_pixels",
     "seed_spread",
     "typicality_auroc_by_batch_size",
@@ -135,35 +136,48 @@ def likelihood_ratio(log_p_model: Any, log_p_background: Any) -> np.ndarray:
     return model - background
 
 
+#: What :func:`perturb_pixels` replaces: ``"subpixel"`` -- each channel value of each pixel on its own
+#: (Ren et al.'s ``mutate_x``, the default) -- or ``"pixel"`` -- all channels of a location together.
+PERTURB_UNITS: tuple[str, ...] = ("subpixel", "pixel")
+
+
 def perturb_pixels(
     x_uint8: torch.Tensor | np.ndarray,
     rate: float,
     generator: torch.Generator | None = None,
     *,
+    unit: str = "subpixel",
     return_mask: bool = False,
 ) -> Any:
     """Input perturbation for the background model of Ren et al. (NeurIPS 2019).
 
-    Each spatial location of each image is selected independently with probability ``rate``
-    (the paper's ``mu``, typically 0.1..0.3) and, when selected, **all its channels** are
-    replaced together by a fresh uniform draw from ``{0, ..., 255}`` (one independent value
-    per channel, i.e. a uniformly random colour for RGB). Unselected locations are copied.
+    ``unit="subpixel"`` (default, the paper's ``mutate_x``): each *sub-pixel* -- each channel
+    value of each pixel -- is selected independently with probability ``rate`` (the paper's
+    ``mu``, typically 0.1..0.3) and, when selected, replaced by a uniform draw from
+    ``{0, ..., 255}``; a pixel of an RGB image may thus change in one channel only.
+    ``unit="pixel"`` (a variant, not the paper's): each spatial location is selected with
+    probability ``rate`` and **all its channels** are replaced together (one independent uniform
+    value per channel, i.e. a uniformly random colour). For one-channel images both are the same
+    distribution. Unselected values are copied.
 
     ``x_uint8`` is ``[N, C, H, W]`` ``uint8`` (torch or numpy; the result has the input's type
     and device) and is never modified. Random numbers come from ``generator`` (drawn on its
     device, then moved to the input's device), so a seeded generator makes the result
     deterministic; ``None`` uses torch's global generator. With ``return_mask=True`` also
-    returns the boolean location mask ``[N, 1, H, W]`` (True = replaced).
+    returns the boolean mask (True = replaced), ``[N, C, H, W]`` for sub-pixels and
+    ``[N, 1, H, W]`` for pixels.
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate is a probability in [0, 1] (Ren et al. use 0.1..0.3); got {rate}")
+    if unit not in PERTURB_UNITS:
+        raise ValueError(f"unit must be one of {PERTURB_UNITS} (Ren et al. replace sub-pixels), got {unit!r}")
     was_numpy = isinstance(x_uint8, np.ndarray)
     x = torch.from_numpy(_uint8_images(x_uint8)) if was_numpy else x_uint8
     if not was_numpy:
         _uint8_images(x[:0])  # dtype and shape checks without copying a GPU tensor to the host
     n, c, h, w = x.shape
     draw_device = generator.device if generator is not None else torch.device("cpu")
-    mask = torch.rand((n, 1, h, w), generator=generator, device=draw_device) < rate
+    mask = torch.rand((n, c if unit == "subpixel" else 1, h, w), generator=generator, device=draw_device) < rate
     replacement = torch.randint(0, 256, (n, c, h, w), generator=generator, device=draw_device, dtype=torch.uint8)
     mask = mask.to(x.device)
     out = torch.where(mask, replacement.to(x.device), x)  # a new tensor: x is untouched
@@ -397,7 +411,7 @@ def ensemble_log_likelihood(log_p_members: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------- DoSE (Morningstar)
 
-DOSE_METHODS: tuple[str, ...] = ("kde", "ocsvm")
+DOSE_METHODS: tuple[str, ...] = ("kde", "joint_kde", "ocsvm")
 _KDE_BANDWIDTH_RULES: tuple[str, ...] = ("scott", "silverman", "cv")
 # Cross-validated bandwidths are searched on this grid of multiples of Scott's bandwidth.
 _CV_BANDWIDTH_FACTORS = np.geomspace(0.1, 10.0, 21)
@@ -485,15 +499,19 @@ class DoSE:
     (``log p(x)`` ~ -10^4, ``KL`` ~ 10^2) weigh alike. Then, with ``t`` the standardised
     vector and ``t^(j)``, ``j = 1..n`` the standardised hold-out vectors:
 
-    * ``method="kde"`` (DoSE_KDE): ``score = log (1/n) sum_j N(t; t^(j), h^2 I)``, the log of a
-      Gaussian kernel density estimate (:class:`sklearn.neighbors.KernelDensity`,
-      ``score_samples``, exact: ``atol = rtol = 0``). ``factorize=True`` fits one 1-D KDE per
-      statistic and returns the sum of their log-densities (the statistics treated as
-      independent). Bandwidth ``h``:
+    * ``method="kde"`` (DoSE_KDE, the paper's definition and the default): one 1-D Gaussian
+      kernel density estimate per statistic, and the score is the **sum of the per-statistic
+      log-densities**, ``score = sum_s log (1/n) sum_j N(t_s; t_s^(j), h_s^2)`` (the statistics
+      treated as independent, as Morningstar et al. do);
+    * ``method="joint_kde"`` (a variant, not the paper's): ``score = log (1/n) sum_j N(t; t^(j), h^2 I)``,
+      one Gaussian KDE over the statistic vectors jointly, which also sees their correlations.
+
+      Both are :class:`sklearn.neighbors.KernelDensity` (``score_samples``, exact:
+      ``atol = rtol = 0``). Bandwidth ``h`` (per statistic for ``"kde"``):
 
       - ``"scott"`` (default): ``h = n^(-1/(S+4))``, Scott's normal-reference rule for
-        unit-variance data (``S`` = number of statistics, ``1`` per statistic with
-        ``factorize``). Why: after standardisation the statistics are unit-variance and, being
+        unit-variance data (``S`` = the dimension of the density: ``1`` for each per-statistic
+        KDE, the number of statistics for the joint one). Why: after standardisation the statistics are unit-variance and, being
         sums over many pixels or latent dimensions, close to Gaussian, which is the case the
         rule is derived for; it is deterministic and costs nothing. Silverman's rule differs
         from it by the factor ``(4/(S+2))^(1/(S+4))``, between 0.92 and 1.06 for ``S <= 20``;
@@ -521,15 +539,15 @@ class DoSE:
     names seen by ``fit`` (they are matched by name, in any order) and an array the same number
     of columns; anything else raises ``ValueError``. Fitted state: ``statistic_names_`` (a
     tuple, or ``None`` for an array), ``n_statistics_``, ``mean_``, ``scale_``,
-    ``bandwidth_`` (KDE; a float, or a per-statistic array with ``factorize``) and
-    ``estimator_`` (the fitted scikit-learn object, a list of them with ``factorize``).
+    ``bandwidth_`` (a per-statistic array for ``"kde"``, a float for ``"joint_kde"``) and
+    ``estimator_`` (the fitted scikit-learn object; a list of them, one per statistic, for ``"kde"``).
     Scoring before ``fit`` raises :class:`sklearn.exceptions.NotFittedError`.
 
     The paper's abstract measures typicality "given the training data"; we fit on a held-out
     split of the ID training data (as :func:`estimate_entropy` does for the typicality test),
     which keeps an overfitted model's unusually high training likelihoods out of the reference
-    density. Only the paper's abstract was available to us, not its estimator settings
-    (bandwidth, ``nu``, joint or per-statistic KDE): the choices above are ours and stated.
+    density. The score as a sum of per-statistic log-densities is the paper's; the bandwidth
+    rule, ``nu`` and ``gamma`` are our choices, stated above.
     """
 
     def __init__(
@@ -537,27 +555,25 @@ class DoSE:
         method: str = "kde",
         *,
         bandwidth: str | float = "scott",
-        factorize: bool = False,
         nu: float = 0.1,
         gamma: str | float = "scale",
     ) -> None:
         self.method = method
         self.bandwidth = bandwidth
-        self.factorize = factorize
         self.nu = nu
         self.gamma = gamma
 
     def __repr__(self) -> str:
         if self.method == "ocsvm":
             return f"DoSE(method='ocsvm', nu={self.nu!r}, gamma={self.gamma!r})"
-        return f"DoSE(method={self.method!r}, bandwidth={self.bandwidth!r}, factorize={self.factorize!r})"
+        return f"DoSE(method={self.method!r}, bandwidth={self.bandwidth!r})"
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _check_params(self) -> None:
         if self.method not in DOSE_METHODS:
             raise ValueError(f"method must be one of {DOSE_METHODS}, got {self.method!r}")
-        if self.method == "kde":
+        if self.method in ("kde", "joint_kde"):
             bandwidth = self.bandwidth
             if isinstance(bandwidth, str):
                 if bandwidth not in _KDE_BANDWIDTH_RULES:
@@ -570,8 +586,6 @@ class DoSE:
                 raise ValueError(
                     f"bandwidth must be one of {_KDE_BANDWIDTH_RULES} or a positive float, got {bandwidth!r}"
                 )
-            if not isinstance(self.factorize, bool):
-                raise ValueError(f"factorize must be a bool, got {self.factorize!r}")
         else:
             if not (isinstance(self.nu, (int, float)) and 0.0 < self.nu <= 1.0):
                 raise ValueError(f"nu must be in (0, 1] (one-class SVM), got {self.nu!r}")
@@ -672,8 +686,8 @@ class DoSE:
                 f"statistic(s) {label} are constant on the hold-out set: drop them, they carry no information"
             )
         z = (matrix - mean) / scale
-        if self.method == "kde":
-            if self.factorize:
+        if self.method in ("kde", "joint_kde"):
+            if self.method == "kde":
                 estimator: Any = [self._fit_kde(z[:, [s]], self.bandwidth) for s in range(d)]
                 bandwidth: Any = np.array([kde.bandwidth_ for kde in estimator])
             else:
@@ -699,7 +713,7 @@ class DoSE:
         z = self.standardize(stats)
         if self.method == "ocsvm":
             return np.asarray(self.estimator_.decision_function(z), dtype=np.float64)
-        if self.factorize:
+        if self.method == "kde":  # the paper's: the sum of the per-statistic log-densities
             return np.sum([kde.score_samples(z[:, [s]]) for s, kde in enumerate(self.estimator_)], axis=0)
         return np.asarray(self.estimator_.score_samples(z), dtype=np.float64)
 

@@ -34,6 +34,7 @@ import pandas as pd
 from ood_core import data, metrics, names, units
 from ood_core import generative_scores as gsc
 from ood_core.artifacts import ArtifactStore, content_digest
+from ood_core.families import training_images
 from ood_core.experiment import LikelihoodRun, Trained, evaluation_sets, export, heldout_set
 from ood_core.experiment import published as _published_folder
 from ood_core.experiment import train_or_load
@@ -143,7 +144,7 @@ def evaluate(run: LikelihoodRun, n_eval: int | None, ood, seed: int = 0, store: 
              device=None) -> LikelihoodEvaluation:
     """Train (or load) ``run`` and score its ID train/test subsets and OOD sets (all cached)."""
     trained = train_or_load(run, store=store, device=device)
-    sets, missing = evaluation_sets(run.dataset, n_eval, list(ood), seed=seed)
+    sets, missing = evaluation_sets(run.dataset, n_eval, list(ood), seed=seed, train_set=training_images(run))
     heldout = heldout_set(run, n_eval, seed)  # None: the run saw the whole training split, the evaluation takes all tests
     sets = {names.ID_TRAIN: sets.pop(names.ID_TRAIN), **({names.ID_HOLDOUT: heldout} if heldout else {}), **sets}
     return LikelihoodEvaluation(trained, sets, missing, score_sets(trained, sets, store=store, seed=seed))
@@ -175,13 +176,19 @@ def published(run: LikelihoodRun) -> Published | None:
 # ------------------------------------------------------------------------------------- ensembles
 
 def _shared_names(members: list, set_names: dict[str, str] | None) -> dict[str, str]:
-    """The sets an ensemble combines: every set but each member's own held-out images.
+    """The sets an ensemble combines: every set but each member's own held-out (and training) images.
 
-    The ID held-out set is drawn from what *that* member did not train on, so members trained with
-    different seeds hold out different images; it cannot be combined across members.
+    The ID held-out set is drawn from what *that* member did not train on, and the ID train subset
+    from what it trained on, so members trained on different subsets (other seeds, ``n_train`` below
+    the split) hold out and train on different images: those sets cannot be combined across members.
+    The ID train set stays when every member scored the same training images (whole-split training).
     """
     chosen = dict(set_names or members[0].names)
     chosen.pop(names.ID_HOLDOUT, None)
+    train = [m.sets.get(names.ID_TRAIN) for m in members]
+    if names.ID_TRAIN in chosen and (any(t is None for t in train) or
+                                     len({content_digest(t.x, 64) for t in train}) > 1):
+        chosen.pop(names.ID_TRAIN)
     return chosen
 
 

@@ -297,7 +297,7 @@ def _smoke() -> Profile:
                                                 TrainConfig(**{**cls_train, "batch_size": 32}), n_train=64,
                                                 n_curve=32)},
             pretrained=PretrainedSettings(names=("resnet20",), n_eval=64, n_fit=256, n_accuracy=256), n_val=64),
-        unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, background_weight_decay=0.0,
+        unified=UnifiedSettings(background_rate=0.2, background_steps=2, background_width=8, background_weight_decay=1e-4,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=20,
                                 batch_sizes=(1, 4, 16), generative=UNIFIED_GENERATIVE, classifier=ASH_METHODS,
                                 remedies=REMEDIES, reference_classifier=REFERENCE_CLASSIFIER),
@@ -353,8 +353,9 @@ def _cpu() -> Profile:
             # set (ODIN's input gradients through the DenseNet cost ~40 ms per image on 2 cores).
             pretrained=PretrainedSettings(names=("densenet_bc100", "resnet20", "resnet56"), n_eval=1000, n_fit=5000,
                                           n_accuracy=None), n_val=1000),
-        # A background Glow a quarter the size of the model (Ren et al. use the same architecture).
-        unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, background_weight_decay=0.0,
+        # A background Glow with the model's L, half its depth (K=4 vs 8) and half its width (32 vs 64); Ren et al.
+        # use the same architecture (the seed study does, chapters 14-15).
+        unified=UnifiedSettings(background_rate=0.2, background_steps=4, background_width=32, background_weight_decay=1e-4,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=200,
                                 batch_sizes=(1, 2, 5, 10, 25, 50), generative=UNIFIED_GENERATIVE,
                                 classifier=ASH_METHODS, remedies=REMEDIES, reference_classifier=REFERENCE_CLASSIFIER),
@@ -411,7 +412,7 @@ def _paper() -> Profile:
                 amp_bf16=True, channels_last=True, optimizer="sgd", weight_decay=1e-4, schedule="cosine", seed=0))},
             pretrained=PretrainedSettings(names=("densenet_bc100", "resnet20", "resnet56"), n_eval=5000, n_fit=50000,
                                           n_accuracy=None), n_val=1000),
-        unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, background_weight_decay=0.0,
+        unified=UnifiedSettings(background_rate=0.2, background_steps=32, background_width=512, background_weight_decay=1e-4,
                                 pixelcnn_background_rate=0.2, pixelcnn_background_weight_decay=1e-4, n_boot=1000,
                                 batch_sizes=(1, 2, 5, 10, 25, 50, 100),
                                 generative=(*UNIFIED_GENERATIVE, "input_complexity:codec=webp"),

@@ -291,10 +291,47 @@ def test_second_order_table_is_exact_for_a_gaussian_density():
     assert measured > 0  # the OOD set has the lower variance here: it is favoured
 
 
+def _closed_form_by_hand(model, var_ood, var_id, sigma):
+    """Nalisnick et al. eq. (6) written out: ``-(1/(2 sigma^2)) sum_c (prod_k sum_j u_kcj a_kc)^2 sum_hw dvar``, bits/dim.
+
+    ``u_kcj = W_k[j, c]`` (column sums of PyTorch's ``[out, in]`` 1x1-conv matrices), ActNorm scales ``a_kc``
+    folded in, ``c`` the squeezed channel ``4 c_in + 2 i + j`` of input channel ``c_in`` at offset ``(i, j)``.
+    """
+    level = model.levels[0]
+    weights = model.invconv_weights()[:len(level.steps)]
+    gains = np.ones(4 * var_id.shape[0])
+    for step, w in zip(level.steps, weights):
+        gains = gains * (w.detach().double().sum(0) * step.actnorm.log_scale.detach().double().flatten().exp()).numpy()
+    dvar = (var_ood - var_id).double()
+    total = 0.0
+    for c in range(var_id.shape[0]):
+        for i in range(2):
+            for j in range(2):
+                total += gains[4 * c + 2 * i + j] ** 2 * float(dvar[c, i::2, j::2].sum())
+    return -total / (2 * sigma**2) / (var_id.numel() * math.log(2))
+
+
 def test_second_order_table_on_glows():
+    """The table's closed-form columns are eq. (6) computed by hand, its measured gap the mean bits/dim of
+    score_flow, and eq. (5) the sum of its two terms -- values, not only finiteness."""
+    from ood_core.likelihood import score_flow
+
     sets = {"ID": _images(12, (1, 4, 4), seed=50), "OOD": _images(10, (1, 4, 4), seed=51, low=100, high=150)}
-    cv = an.second_order_table(_tiny_glow("additive"), sets, "ID", n_probes=6)
-    assert np.isfinite(cv.loc["OOD", "closed form (σ=1)"]) and np.isfinite(cv.loc["OOD", "closed form (learned σ)"])
+    model = _tiny_glow("additive")
+    cv = an.second_order_table(model, sets, "ID", n_probes=6)
+    var_id, var_ood = an.pixel_variance(sets["ID"]), an.pixel_variance(sets["OOD"])
+    row = cv.loc["OOD"]
+    assert row["closed form (σ=1)"] == pytest.approx(_closed_form_by_hand(model, var_ood, var_id, 1.0), rel=1e-10)
+    sigma = cv.attrs["sigma_learned"]
+    assert np.isfinite(sigma) and sigma > 0
+    assert row["closed form (learned σ)"] == pytest.approx(_closed_form_by_hand(model, var_ood, var_id, sigma),
+                                                           rel=1e-10)
+    assert row["closed form (learned σ)"] == pytest.approx(row["closed form (σ=1)"] / sigma**2, rel=1e-10)
+    assert row["closed form (σ=1)"] > 0  # the OOD set has the smaller per-pixel variance: the formula favours it
+    bpd = {k: score_flow(model, x, seed=0)["bpd"] for k, x in sets.items()}
+    assert row["measured"] == pytest.approx(float(bpd["ID"].mean() - bpd["OOD"].mean()), rel=1e-10)
+    assert row["eq. (5), diag. Σ: 1st + 2nd"] == pytest.approx(row["1st order"] + row["2nd order, diag. Σ (Hutchinson)"],
+                                                               rel=1e-12)
     affine = an.second_order_table(_tiny_glow("affine"), sets, "ID", n_probes=6)
     assert np.isnan(affine.loc["OOD", "closed form (σ=1)"])
     assert list(affine.index) == ["OOD"] and "Taylor, full Σ" not in affine.columns

@@ -170,6 +170,47 @@ def test_generative_detectors_algebra_and_table():
     assert set(typ["batch_size"]) == {1, 5} and typ[names.AUROC].between(0, 100).all()
 
 
+def test_dose_spec_is_the_papers_per_statistic_sum_and_joint_kde_is_a_named_variant():
+    g = _glow_eval()
+    ctx = detectors.Context(dict(g.sets), likelihoods={"glow": g})
+    suite = detectors.Suite(ctx)
+    holdout = gsc.dose_statistics(g.scores[names.ID_HOLDOUT])
+    assert detectors.parse("dose").parts[0].option("method") == "kde"
+    assert detectors.title("dose") == "DoSE (Glow, KDE per statistic)"
+    assert detectors.title("dose:method=joint_kde") == "DoSE (Glow, joint KDE)"
+    assert detectors.title("dose:model=vae,method=ocsvm") == "DoSE (VAE, OCSVM)"
+    for spec, method in (("dose", "kde"), ("dose:method=joint_kde", "joint_kde")):
+        direct = gsc.DoSE(method).fit(holdout).score(gsc.dose_statistics(g.scores["uniform"]))
+        np.testing.assert_allclose(suite.scores(spec)["uniform"], direct)
+    assert not np.allclose(suite.scores("dose")["uniform"], suite.scores("dose:method=joint_kde")["uniform"])
+
+
+@pytest.mark.parametrize("spec", ["typicality", "dose", "mahalanobis", "knn:k=5", "react", "ash_s@95", "energy"])
+def test_a_detector_that_needs_fitting_raises_a_named_error_before_fit(spec, clf_ev):
+    g = _glow_eval()
+    generative = detectors.family_of(spec) == names.GENERATIVE
+    ctx = (detectors.Context(dict(g.sets), likelihoods={"glow": g}) if generative else clf_ev.context)
+    det = detectors.build(spec)
+    assert det.needs_fit
+    with pytest.raises(detectors.NotFittedError, match=f"{type(det).__name__}.*not fitted.*fit"):
+        det.score(ctx, names.ID_TEST)
+    if not generative:
+        with pytest.raises(detectors.NotFittedError):
+            det.predict(ctx, names.ID_TEST)
+    assert np.isfinite(det.fit(ctx).score(ctx, names.ID_TEST)).all()  # fitted, it scores
+    assert issubclass(detectors.NotFittedError, (ValueError, AttributeError))  # scikit-learn's contract
+
+
+@pytest.mark.parametrize("spec", ["msp", "gen", "glow", "likelihood_ratio", "ash_exponent"])
+def test_detectors_without_parameters_score_without_fit(spec, clf_ev):
+    g = _glow_eval()
+    generative = detectors.family_of(spec) == names.GENERATIVE
+    ctx = (detectors.Context(dict(g.sets), likelihoods={"glow": g, "background": g}) if generative
+           else clf_ev.context)
+    det = detectors.build(spec)
+    assert not det.needs_fit and np.isfinite(det.score(ctx, names.ID_TEST)).all()
+
+
 def test_seed_table_and_summary_agree_with_numpy():
     by_seed = {}
     for s in range(3):
@@ -344,3 +385,26 @@ def test_percentile_sweep_adds_scale_as_its_formula_and_keeps_the_default_cache_
     assert 5 < min(aurocs) and max(aurocs) < 95  # not a degenerate (perfectly separated) case
     with pytest.raises(ValueError, match="shapers must be"):
         ev.percentile_sweep(ps, shapers=("react",))
+
+
+def test_classifier_tables_are_keyed_by_the_images_content(tmp_path):
+    """Two evaluations with the same run, set names and draw parameters but other ID images do not share a cached
+    table: the key holds the content digest of the evaluated images (and ``evaluate`` adds the fit images')."""
+    import dataclasses
+
+    from ood_core.artifacts import ArtifactStore
+    from ood_core.experiment import Trained
+
+    ev = _classifier_eval()
+    ev = dataclasses.replace(ev, key={"case": "same names"}, store=ArtifactStore(tmp_path))
+    first = ev.benchmark(["energy"])
+    other_id = data.ImageSet(ev.id_set.x.flip(-1), ev.id_set.y, ev.id_set.name)  # same name, other pixels
+    other = dataclasses.replace(ev, id_set=other_id)
+    assert other.images_digest[names.ID_TEST] != ev.images_digest[names.ID_TEST]
+    assert other.images_digest["const"] == ev.images_digest["const"]
+    computed = []
+    other._table("benchmark", ["energy"], lambda: computed.append(1) or first)
+    assert computed == [1], "a table cached for other images was served"
+    ev._table("benchmark", ["energy"], lambda: pytest.fail("the same images must read the cached table"))
+    assert len(list((tmp_path / "classifier_tables").iterdir())) == 2
+    assert isinstance(ev.trained, Trained)

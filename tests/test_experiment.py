@@ -214,6 +214,18 @@ def test_ensemble_leaves_out_each_members_own_heldout_set():
     assert len(ls.ensemble_by_size(members, ["uniform"])) == 3 * 2
 
 
+def test_ensemble_leaves_out_the_id_train_row_when_members_trained_on_different_images():
+    # members trained on different subsets of the training split score their own training images as "ID train"
+    members = []
+    for seed in range(3):
+        sets = _sets()
+        sets[names.ID_TRAIN] = _named(data.synthetic("gaussian", 40, (1, 8, 8), seed=60 + seed), "Gauss train")
+        members.append(_member(seed, sets))
+    t = ls.ensemble_table(members)
+    assert "Gauss train" not in t.index and "Gauss test" in t.index
+    assert "Gauss train" in ls.ensemble_table([_member(s) for s in range(3)]).index  # same images: kept
+
+
 def test_ensemble_by_size_starts_at_the_first_member():
     members = [_member(s) for s in range(3)]
     t = ls.ensemble_by_size(members, ["uniform", "constant"])
@@ -228,3 +240,48 @@ def test_classifier_run_key_leaves_out_only_the_declared_field():
     assert "eval_batch" not in run.key() and {"dataset", "model", "train", "n_train", "augment", "n_curve"} <= set(run.key())
     assert run.key() == dataclasses.replace(run, eval_batch=7).key()
     assert Trained(run, None, pd.DataFrame()).run.family == "classifier"
+
+
+def _distinct_splits(monkeypatch, n_train=300, n_test=120):
+    """FashionMNIST-shaped splits of random images, every image's content different (checked), served by data.load."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (n_train + n_test, 1, 28, 28), generator=g, dtype=torch.uint8)
+    assert len(_contents(x)) == len(x)
+    splits = {"train": data.ImageSet(x[:n_train], torch.arange(n_train) % 10, "FashionMNIST train"),
+              "test": data.ImageSet(x[n_train:], torch.arange(n_test) % 10, "FashionMNIST test")}
+    monkeypatch.setattr(data, "load", lambda name, split="test", root=None: splits[split])
+    return splits
+
+
+def _contents(x: torch.Tensor) -> set[str]:
+    """The sha256 of each image's bytes: sets of images compared by what they show, not by index."""
+    import hashlib
+
+    return {hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest() for img in x}
+
+
+@pytest.mark.parametrize("n_train", [200, None])
+def test_heldout_images_are_disjoint_by_content_from_training_and_evaluation(monkeypatch, n_train):
+    """The held-out ID images (typicality's entropy, DoSE's densities) share no image with the model's training
+    subset nor with the evaluation's ID train/test subsets, compared by the bytes of every image. With a training
+    subset they come from the rest of the training split; on the whole split, from the test images left out of
+    the evaluation."""
+    splits = _distinct_splits(monkeypatch)
+    run = dataclasses.replace(_tiny("glow"), n_train=n_train)
+    n_eval, seed = 40, 2
+    heldout = experiment.heldout_set(run, n_eval, seed)
+    assert heldout is not None and len(heldout) == n_eval
+    held = _contents(heldout.x)
+    assert len(held) == n_eval  # no image twice
+    trained_on = _contents(families.training_images(run).x)
+    # the sets of the likelihood evaluation (ood_core.likelihood_study.evaluate)
+    sets, _ = experiment.evaluation_sets("fashion_mnist", n_eval, [], seed=seed,
+                                         train_set=families.training_images(run))
+    assert not held & trained_on, "held-out images the model trained on"
+    assert not held & _contents(sets[names.ID_TEST].x), "held-out images in the evaluation's ID test subset"
+    assert not held & _contents(sets[names.ID_TRAIN].x), "held-out images in the evaluation's ID train subset"
+    assert _contents(sets[names.ID_TRAIN].x) <= trained_on  # "ID train" is images the model trained on
+    source = "train" if n_train is not None else "test"
+    assert held <= _contents(splits[source].x) and heldout.name.endswith(f"{source} (held-out)")
+    # the whole test split in the evaluation leaves nothing to hold out when the model saw the whole training split
+    assert experiment.heldout_set(dataclasses.replace(run, n_train=None), None, seed) is None

@@ -74,15 +74,42 @@ def test_perturb_pixels_rate_zero_is_identity_and_input_untouched():
 def test_perturb_pixels_rate_one_changes_almost_every_location(channels):
     x = _noise_images(8, channels, size=16)
     out, mask = perturb_pixels(x, 1.0, torch.Generator().manual_seed(2), return_mask=True)
-    assert mask.shape == (8, 1, 16, 16) and bool(mask.all())
+    assert mask.shape == (8, channels, 16, 16) and bool(mask.all())
     unchanged = (out == x).all(dim=1).double().mean().item()  # a location whose channels all kept their value
     # a fresh uniform value equals the old one with probability 1/256 per channel
     assert unchanged < (0.02 if channels == 1 else 1e-3)
 
 
-def test_perturb_pixels_replaces_all_channels_of_a_location_together():
+def test_perturb_pixels_sub_pixels_independently_as_ren_et_al():
+    """Ren et al.'s ``mutate_x``: every channel value of every pixel is replaced on its own with probability mu,
+    by a value uniform on {0..255}. Checked on 307,200 sub-pixels: the fraction per channel, the independence
+    of the channels of one pixel (how many of its 3 are replaced is Binomial(3, mu)) and the replaced values."""
+    from scipy import stats
+
+    mu = 0.2
+    x = _noise_images(400, 3, size=16)
+    out, mask = perturb_pixels(x, mu, torch.Generator().manual_seed(11), return_mask=True)
+    assert mask.shape == x.shape
+    assert torch.equal(out[~mask], x[~mask])  # what is not selected is copied
+    per_channel = mask.double().mean(dim=(0, 2, 3))
+    n_per_channel = mask[:, 0].numel()
+    se = math.sqrt(mu * (1 - mu) / n_per_channel)
+    assert torch.all((per_channel - mu).abs() < 4 * se), per_channel
+    counts = np.bincount(mask.sum(dim=1).flatten().numpy(), minlength=4)  # replaced channels per pixel: 0..3
+    expected = stats.binom.pmf(np.arange(4), 3, mu) * counts.sum()
+    assert stats.chisquare(counts, expected).pvalue > 1e-3, (counts, expected)
+    both = (mask[:, 0] & mask[:, 1]).double().mean().item()
+    assert abs(both - mu**2) < 4 * math.sqrt(mu**2 * (1 - mu**2) / n_per_channel)  # P(two channels) = mu^2
+    values = np.bincount(out[mask].numpy().astype(np.int64), minlength=256)  # uniform on 0..255
+    assert stats.chisquare(values).pvalue > 1e-3
+    assert not torch.equal(perturb_pixels(x, mu, torch.Generator().manual_seed(11), unit="pixel"), out)
+    with pytest.raises(ValueError, match="sub-pixels"):
+        perturb_pixels(x, mu, unit="channel")
+
+
+def test_perturb_pixels_by_pixel_replaces_all_channels_of_a_location_together():
     x = _noise_images(16, 3, size=16)
-    out, mask = perturb_pixels(x, 0.5, torch.Generator().manual_seed(3), return_mask=True)
+    out, mask = perturb_pixels(x, 0.5, torch.Generator().manual_seed(3), unit="pixel", return_mask=True)
     # locations not selected are copied exactly in every channel
     keep = ~mask.expand_as(x)
     assert torch.equal(out[keep], x[keep])
@@ -271,9 +298,9 @@ def _standardised(holdout: dict, test: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("rule", ["scott", "silverman"])
-def test_dose_kde_equals_sklearn_on_the_standardised_statistics(rule):
+def test_dose_joint_kde_equals_sklearn_on_the_standardised_statistics(rule):
     holdout, test = _correlated_stats(400, 0), _correlated_stats(50, 1, shift=1.5)
-    dose = DoSE("kde", bandwidth=rule).fit(holdout)
+    dose = DoSE("joint_kde", bandwidth=rule).fit(holdout)
     z_holdout, z_test = _standardised(holdout, test)
     n, d = z_holdout.shape
     expected_h = n ** (-1 / (d + 4)) if rule == "scott" else (n * (d + 2) / 4) ** (-1 / (d + 4))
@@ -283,30 +310,50 @@ def test_dose_kde_equals_sklearn_on_the_standardised_statistics(rule):
     scores = dose.score(test)
     assert scores.dtype == np.float64 and scores.shape == (50,)
     np.testing.assert_allclose(scores, reference.score_samples(z_test), rtol=1e-12, atol=1e-10)
-    # a fixed bandwidth and the per-statistic (factorised) variant
-    fixed = DoSE(bandwidth=0.7).fit(holdout).score(test)
+    fixed = DoSE("joint_kde", bandwidth=0.7).fit(holdout).score(test)
     np.testing.assert_allclose(fixed, KernelDensity(bandwidth=0.7).fit(z_holdout).score_samples(z_test), rtol=1e-12)
-    product = DoSE(bandwidth=rule, factorize=True).fit(holdout)
-    h1 = n ** (-1 / 5) if rule == "scott" else (n * 3 / 4) ** (-1 / 5)
-    np.testing.assert_allclose(product.bandwidth_, [h1] * 3, rtol=1e-12)
-    expected = sum(KernelDensity(bandwidth=h1).fit(z_holdout[:, [s]]).score_samples(z_test[:, [s]]) for s in range(3))
-    np.testing.assert_allclose(product.score(test), expected, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("rule", ["scott", "silverman", 0.7])
+def test_dose_default_is_the_papers_sum_of_per_statistic_log_densities(rule):
+    """Morningstar et al.'s DoSE_KDE: one 1-D KDE per statistic, their log-densities summed -- checked against
+    scipy's gaussian_kde, an implementation independent of the scikit-learn estimator DoSE uses."""
+    from scipy.stats import gaussian_kde
+
+    holdout, test = _correlated_stats(400, 0), _correlated_stats(50, 1, shift=1.5)
+    dose = DoSE(bandwidth=rule).fit(holdout)
+    assert dose.method == "kde"
+    z_holdout, z_test = _standardised(holdout, test)
+    n = len(z_holdout)
+    h = {"scott": n ** (-1 / 5), "silverman": (n * 3 / 4) ** (-1 / 5)}.get(rule, rule)  # 1-D rules
+    np.testing.assert_allclose(dose.bandwidth_, [h] * 3, rtol=1e-12)
+    expected = np.zeros(len(z_test))
+    for s in range(3):
+        # gaussian_kde's kernel std is factor * (sample std, ddof=1); ours is h on population-standardised data
+        factor = h / z_holdout[:, s].std(ddof=1)
+        expected += gaussian_kde(z_holdout[:, s], bw_method=factor).logpdf(z_test[:, s])
+    np.testing.assert_allclose(dose.score(test), expected, rtol=1e-10, atol=1e-10)
+    joint = DoSE("joint_kde", bandwidth=rule).fit(holdout).score(test)
+    assert not np.allclose(joint, dose.score(test))  # the correlated statistics make the two differ
 
 
 def test_dose_kde_is_the_gaussian_kernel_formula_by_hand():
     holdout = {"a": np.array([0.0, 1.0, 3.0]), "b": np.array([2.0, -1.0, 5.0])}
     test = {"a": np.array([0.5, 10.0]), "b": np.array([1.0, 0.0])}
-    dose = DoSE(bandwidth=0.8).fit(holdout)
+    dose = DoSE("joint_kde", bandwidth=0.8).fit(holdout)
     z_holdout, z_test = _standardised(holdout, test)
     sq = ((z_test[:, None, :] - z_holdout[None, :, :]) ** 2).sum(-1)
     by_hand = np.log(np.mean(np.exp(-sq / (2 * 0.8**2)), axis=1)) - np.log(2 * math.pi * 0.8**2)
     np.testing.assert_allclose(dose.score(test), by_hand, rtol=1e-12)
+    per_statistic = sum(np.log(np.mean(np.exp(-(z_test[:, None, s] - z_holdout[None, :, s]) ** 2 / (2 * 0.8**2)),
+                                       axis=1)) - 0.5 * np.log(2 * math.pi * 0.8**2) for s in range(2))
+    np.testing.assert_allclose(DoSE(bandwidth=0.8).fit(holdout).score(test), per_statistic, rtol=1e-12)
 
 
 def test_dose_cv_bandwidth_is_sklearns_grid_search_and_near_scott_for_gaussian_data():
     rng = np.random.default_rng(3)
     holdout = rng.normal(size=(600, 2)) * [5.0, 0.1]
-    dose = DoSE(bandwidth="cv").fit(holdout)
+    dose = DoSE("joint_kde", bandwidth="cv").fit(holdout)
     z = (holdout - holdout.mean(0)) / holdout.std(0)
     scott = 600 ** (-1 / 6)
     search = GridSearchCV(KernelDensity(), {"bandwidth": scott * np.geomspace(0.1, 10, 21)},
@@ -330,7 +377,7 @@ def test_dose_ocsvm_equals_sklearn_decision_function():
     assert 0.05 < np.mean(dose.score(holdout) < 0) < 0.15
 
 
-@pytest.mark.parametrize("method", ["kde", "ocsvm"])
+@pytest.mark.parametrize("method", ["kde", "joint_kde", "ocsvm"])
 def test_dose_prefers_the_holdout_mean_to_a_far_point_on_either_side(method):
     holdout = _correlated_stats(500, 0)
     dose = DoSE(method).fit(holdout)
@@ -340,7 +387,7 @@ def test_dose_prefers_the_holdout_mean_to_a_far_point_on_either_side(method):
         assert dose.score(mean)[0] > dose.score(far)[0]
 
 
-@pytest.mark.parametrize("method", ["kde", "ocsvm"])
+@pytest.mark.parametrize("method", ["kde", "joint_kde", "ocsvm"])
 def test_dose_auroc_near_one_when_a_statistic_separates_and_chance_when_none_does(method):
     holdout = _correlated_stats(1000, 0)
     id_test = _correlated_stats(1000, 1)
@@ -383,8 +430,8 @@ def test_dose_statistics_must_match_those_seen_by_fit():
 
 
 def test_dose_estimator_rules():
-    dose = DoSE("kde", bandwidth="cv", factorize=True)
-    assert vars(dose) == {"method": "kde", "bandwidth": "cv", "factorize": True, "nu": 0.1, "gamma": "scale"}
+    dose = DoSE("kde", bandwidth="cv")
+    assert vars(dose) == {"method": "kde", "bandwidth": "cv", "nu": 0.1, "gamma": "scale"}
     with pytest.raises(NotFittedError, match="fit"):
         DoSE().score(np.zeros((2, 2)))
     holdout = _correlated_stats(50, 0)

@@ -143,25 +143,38 @@ def test_no_artifact_kind_has_stale_code():
     unreachable, committed results need tools/migrate_keys.py-style care); then run
     ``python -m ood_core keys --record`` and commit ood_core/artifact_fingerprints.json.
     """
-    assert artifacts.stale_kinds() == []
+    problems = artifacts.stale_kinds()
+    assert not problems, ("stale artifact kinds: " + ", ".join(p.split(":")[0] for p in problems) + "\n"
+                          + "\n".join(problems))
 
 
-def test_a_code_change_is_detected_and_a_comment_is_not(monkeypatch):
-    name = "classifier_tables"
-    fp = artifacts.code_fingerprint(name)
-    real = artifacts._source_of
+def test_a_code_change_is_detected_and_a_comment_is_not(tmp_path):
+    import shutil
 
-    def with_comment(ref):
-        return real(ref) + "\n# a comment changes nothing\n"
+    copy = tmp_path / "ood_core"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    fp = artifacts.code_fingerprint("classifier_tables", copy)
+    assert fp == artifacts.code_fingerprint("classifier_tables")  # where the package lies does not matter
+    _insert_first_statement(copy / "ash.py", "ash_s", "# a comment changes nothing")
+    (copy / "ash.py").write_text("\n\n" + (copy / "ash.py").read_text())  # nor does layout
+    assert artifacts.code_fingerprint("classifier_tables", copy) == fp
+    _insert_first_statement(copy / "ash.py", "ash_s", "percentile = float(percentile)")
+    assert artifacts.code_fingerprint("classifier_tables", copy) != fp
 
-    monkeypatch.setattr(artifacts, "_source_of", with_comment)
-    assert artifacts.code_fingerprint(name) == fp
 
-    def with_code(ref):
-        return real(ref) + "\nTHRESHOLD = 0.5\n"
+def test_stale_code_fails_the_suite_naming_the_kind(tmp_path, monkeypatch):
+    """What the author of a change sees: the kinds whose reached code changed, by name, and what to do."""
+    import shutil
 
-    monkeypatch.setattr(artifacts, "_source_of", with_code)
-    assert artifacts.code_fingerprint(name) != fp
+    copy = tmp_path / "ood_core"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = artifacts.stale_kinds()
+    _insert_first_statement(copy / "metrics.py", "auroc", "id_scores = id_scores")
+    monkeypatch.setattr(artifacts, "_PACKAGE_DIR", copy)
+    problems = [p for p in artifacts.stale_kinds() if p not in before]
+    stale = {p.split(":")[0] for p in problems}
+    assert "classifier_tables" in stale and "glow" not in stale  # the Glow does not reach the metrics
+    assert all("bump its version" in p and "python -m ood_core keys --record" in p for p in problems)
 
 
 def test_classifier_runs_and_likelihood_runs_use_the_one_policy():
@@ -174,3 +187,68 @@ def test_classifier_runs_and_likelihood_runs_use_the_one_policy():
                     or (f.metadata.get("key") == "if-set" and getattr(run, f.name) != f.default)}
         assert set(run.key()) == expected
     assert isinstance(P.classifier.runs["cifar10"], ClassifierRun)
+
+
+# ----------------------------------------------------------------------------- fingerprints by reachability
+
+PACKAGE = REPO / "ood_core"
+
+
+def _insert_first_statement(path: Path, function: str, statement: str) -> None:
+    """Insert ``statement`` as the first statement (after the docstring) of the module-level ``function``."""
+    import ast
+
+    source = path.read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == function)
+    first = node.body[1] if len(node.body) > 1 and isinstance(node.body[0], ast.Expr) else node.body[0]
+    lines = source.splitlines(keepends=True)
+    indent = lines[first.lineno - 1][: first.col_offset]
+    lines.insert(first.lineno - 1, f"{indent}{statement}\n")
+    path.write_text("".join(lines))
+
+
+def _fingerprints_of_copy(tmp_path: Path, edit) -> dict[str, str]:
+    """Every kind's fingerprint computed by a copy of the package (imported from the copy) after ``edit(copy)``."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / "src"
+    shutil.copytree(PACKAGE, root / "ood_core", ignore=shutil.ignore_patterns("__pycache__"))
+    edit(root / "ood_core")
+    code = ("import json; from ood_core import artifacts; "
+            "print(json.dumps({k: artifacts.code_fingerprint(k) for k in artifacts.KINDS}))")
+    env = {**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_helper_reached_only_indirectly_makes_its_kinds_stale(tmp_path):
+    """``families.training_images`` is not listed by any kind: the Family entries reach it through their training
+    functions. Changing its body must change every trained model's fingerprint (the copy is imported, not parsed
+    here, so the test exercises the fingerprint exactly as ``python -m ood_core keys`` computes it)."""
+    before = {k: artifacts.code_fingerprint(k) for k in artifacts.KINDS}
+    after = _fingerprints_of_copy(tmp_path, lambda pkg: _insert_first_statement(
+        pkg / "families.py", "training_images", "run = run.with_seed(run.train.seed + 1)"))
+    stale = {k for k in before if before[k] != after[k]}
+    assert {"glow", "classifier", "vae", "pixelcnn"} <= stale, f"only {sorted(stale)} became stale"
+    assert "classifier_features" not in stale and "evidence" not in stale  # they do not reach the training set
+
+
+def test_the_background_perturbation_reaches_the_glow_fingerprint_and_a_comment_does_not(tmp_path):
+    """Ren et al.'s input perturbation (``generative_scores.perturb_pixels``) is imported inside a function of
+    ``ood_core.families``; a change of its body makes the Glow (whose background models it trains) stale, not the
+    classifier. A comment and a docstring change elsewhere on the same path change nothing."""
+    def edit(pkg):
+        _insert_first_statement(pkg / "generative_scores.py", "perturb_pixels", "rate = min(rate, 0.5)")
+        text = (pkg / "families.py").read_text()
+        marker = 'def training_images(run) -> data.ImageSet:\n    """The ID training images'
+        assert marker in text
+        (pkg / "families.py").write_text(text.replace(
+            marker, '# a comment\ndef training_images(run) -> data.ImageSet:  # another\n    """Reworded: the images'))
+
+    before = {k: artifacts.code_fingerprint(k) for k in artifacts.KINDS}
+    after = _fingerprints_of_copy(tmp_path, edit)
+    assert before["glow"] != after["glow"]
+    assert before["classifier"] == after["classifier"]
