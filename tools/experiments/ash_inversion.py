@@ -57,7 +57,7 @@ RESULTS = ROOT / "results" / "ash_inversion"
 
 #: The public ResNet-20 recipe through our trainer: the reference every variant changes one factor of.
 OURS = dict(arch="resnet_cifar", width=16, depth=20, batch_size=128, lr=0.1, weight_decay=1e-4, warmup=0,
-            schedule="cosine", label_smoothing=0.0, crop_pad=4, bf16=False, epochs_scale=1.0)
+            schedule="cosine", label_smoothing=0.0, crop_pad=4, bf16=False, epochs_scale=1.0, seed=0)
 #: The cpu profile's AirbenchNet recipe and the paper profile's ResNet-18 recipe (profiles.py), as changes.
 CPU_RECIPE = dict(batch_size=256, lr=0.4, weight_decay=5e-4, warmup=1.0, schedule="linear", label_smoothing=0.2,
                   crop_pad=2, bf16=True)
@@ -88,7 +88,26 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                                         **CPU_RECIPE, "label_smoothing": 0.0}),
     "airbench_wd1e-4": ("AirbenchNet with its recipe, weight decay 1e-4", {"arch": "airbench", "width": 32,
                                                                            **CPU_RECIPE, "weight_decay": 1e-4}),
+    # second run: what separates `plain` from `ours`, seeds, training length, label smoothing on ResNet-18
+    "plain_cosine": ("plain loop with a cosine schedule instead of the steps", {"trainer": "plain",
+                                                                               "schedule": "cosine"}),
+    "plain_nesterov": ("plain loop with Nesterov momentum", {"trainer": "plain", "nesterov": True}),
+    "plain_seed1": ("plain, another seed", {"trainer": "plain", "seed": 1}),
+    "ours_seed1": ("ours, another seed", {"seed": 1}),
+    "ls0.2_seed1": ("label smoothing 0.2, another seed", {"label_smoothing": 0.2, "seed": 1}),
+    "plain_long": ("plain, twice the epochs", {"trainer": "plain", "epochs_scale": 2.0}),
+    "ours_long": ("ours, twice the epochs", {"epochs_scale": 2.0}),
+    "r18_ls0.2": ("ResNet-18 through ood_core.train with label smoothing 0.2", {"arch": "resnet18_cifar",
+                                                                               "width": 64, "label_smoothing": 0.2}),
+    "airbench_cpu_recipe_seed1": ("AirbenchNet with its recipe, another seed", {"arch": "airbench", "width": 32,
+                                                                               **CPU_RECIPE, "seed": 1}),
+    "airbench_ls0_seed1": ("AirbenchNet, label smoothing 0, another seed", {"arch": "airbench", "width": 32,
+                                                                           **CPU_RECIPE, "label_smoothing": 0.0,
+                                                                           "seed": 1}),
 }
+#: The variants of each GPU run (the second run followed the first's results).
+RUNS = {1: [v for v in VARIANTS if v != "plain_cosine" and list(VARIANTS).index(v) < list(VARIANTS).index(
+    "plain_cosine")], 2: list(VARIANTS)[list(VARIANTS).index("plain_cosine"):]}
 
 
 def settings(name: str) -> dict:
@@ -110,12 +129,20 @@ def load_shards(paths) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(np.concatenate(ys)).long()
 
 
-def plain_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, device, seed: int = 0) -> None:
-    """The public recipe in a plain loop: SGD(0.9), lr 0.1 (/10 at 50 % and 75 %), wd 1e-4, batch 128, fp32."""
+def plain_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, device, seed: int = 0,
+                schedule: str = "steps", nesterov: bool = False) -> None:
+    """The public recipe in a plain loop: SGD(0.9), lr 0.1 (/10 at 50 % and 75 %), wd 1e-4, batch 128, fp32.
+
+    ``schedule="cosine"`` anneals to zero instead; ``nesterov`` switches on Nesterov momentum.
+    """
     torch.manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=nesterov)
     steps_per_epoch = len(x) // 128
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [epochs * steps_per_epoch // 2, epochs * steps_per_epoch * 3 // 4])
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
+    else:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [epochs * steps_per_epoch // 2,
+                                                           epochs * steps_per_epoch * 3 // 4])
     gen = torch.Generator(device=device).manual_seed(seed)
     xg, yg = x.to(device), y.to(device)
     model.train()
@@ -133,17 +160,18 @@ def plain_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
 
 def train_variant(name: str, x: torch.Tensor, y: torch.Tensor, epochs: int, device: str) -> dict:
     s = settings(name)
-    torch.manual_seed(0)
+    torch.manual_seed(s["seed"])
     model = build_classifier(model_config(s)).to(device)
     t0 = time.time()
     e = max(1, round(epochs * s["epochs_scale"]))
     if s.get("trainer") == "plain":
-        plain_train(model, x, y, e, device)
+        plain_train(model, x, y, e, device, seed=s["seed"], schedule="cosine" if s["schedule"] == "cosine" and
+                    "schedule" in VARIANTS[name][1] else "steps", nesterov=s.get("nesterov", False))
     else:
         steps_per_epoch = len(x) // s["batch_size"]
         config = TrainConfig(epochs=e, batch_size=s["batch_size"], lr=s["lr"], optimizer="sgd",
                              weight_decay=s["weight_decay"], warmup_steps=round(s["warmup"] * steps_per_epoch),
-                             schedule=s["schedule"], seed=0, checkpoint_every=10 ** 9, eval_every=0,
+                             schedule=s["schedule"], seed=s["seed"], checkpoint_every=10 ** 9, eval_every=0,
                              amp_bf16=s["bf16"], channels_last=True)
         ls, pad = s["label_smoothing"], s["crop_pad"]
 
@@ -243,8 +271,14 @@ def main_evaluate(args) -> None:
     id_set = sets.pop(names.ID_TEST)
     fit = data.load("cifar10", "train").subset(5000, 0)
     test = data.load("cifar10", "test")
-    rows = []
+    rows, done = [], set()
+    if args.append and (RESULTS / "variants.csv").is_file():  # keep the variants evaluated before
+        previous = pd.read_csv(RESULTS / "variants.csv")
+        rows = previous.to_dict("records")
+        done = set(previous["variant"])
     for name, run in blob["runs"].items():
+        if name in done:
+            continue
         model = build_classifier(model_config(run["settings"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in run["state_dict"].items()})
         model.eval()
@@ -265,6 +299,14 @@ def main_evaluate(args) -> None:
     (RESULTS / "config.json").write_text(json.dumps(config, indent=1))
     meta = {**blob["meta"], "evaluated": datetime.date.today().isoformat(),
             "evaluated_on": f"{platform.machine()} CPU, torch {torch.__version__}"}
+    runs_meta = []
+    if args.append and (RESULTS / "meta.json").is_file():
+        before = json.loads((RESULTS / "meta.json").read_text())
+        done_before = sorted(done)
+        runs_meta = before.get("runs") or [{k: before[k] for k in ("hardware", "torch", "date", "wall_s")}
+                                           | {"variants": done_before}]
+    meta["runs"] = [*runs_meta, {k: blob["meta"][k] for k in ("hardware", "torch", "date", "wall_s")}
+                    | {"variants": sorted(blob["runs"])}]
     (RESULTS / "meta.json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {RESULTS}")
 
@@ -280,6 +322,7 @@ def main(argv=None) -> None:
     t.add_argument("--deadline", type=float, default=480.0, help="seconds; runs not finished by then are left out")
     e = sub.add_parser("evaluate")
     e.add_argument("--weights", nargs="+", required=True, help="the weights-*.pt chunks of step 1")
+    e.add_argument("--append", action="store_true", help="add to results/ash_inversion, keeping what is there")
     args = parser.parse_args(argv)
     (main_train if args.cmd == "train" else main_evaluate)(args)
 
