@@ -281,7 +281,7 @@ def test_config_roundtrip_and_defaults():
     with pytest.raises(ValueError, match="one value per input channel"):
         ClassifierConfig(arch="small_cnn", in_channels=1, mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="unknown ClassifierConfig field"):
-        ClassifierConfig.from_dict({"arch": "small_cnn", "depth": 3})
+        ClassifierConfig.from_dict({"arch": "small_cnn", "layers": 3})
 
 
 def test_build_classifier_dispatches():
