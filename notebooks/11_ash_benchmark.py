@@ -427,7 +427,8 @@ plots.show_table(glance, digits=2, caption="Mean AUROC (%) over every set, and t
 # %%
 own = f"{P.name} profile"
 rows = []
-for source, (summ, nf_s) in {own: (table, nf), **paper_summaries}.items():
+external_summaries = {f"{own}, {label}": network_summaries[f"{own}, {label}"] for label in external}
+for source, (summ, nf_s) in {own: (table, nf), **external_summaries, **paper_summaries}.items():
     src = None if source == own else source
     rows += [claims.record("ash_s_beats_energy", claims.beats_energy_evidence(summ, ASH_S), P.name, seed, source=src),
              claims.record("ash_b_beats_energy", claims.beats_energy_evidence(summ, ASH_B), P.name, seed, source=src),

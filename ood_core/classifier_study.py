@@ -334,6 +334,26 @@ def inversion_summary(long: pd.DataFrame, percentile: float = 95) -> pd.DataFram
     return pd.DataFrame(rows).set_index("variant")
 
 
+def factor_effects(summary_table: pd.DataFrame, pairs: dict, column: str) -> pd.DataFrame:
+    """What each training factor does to ``column`` (e.g. ``"AUROC ASH-S@95"``) of :func:`inversion_summary`.
+
+    ``pairs`` maps a factor to ``[(without, with), ...]`` variant pairs that differ in that factor only;
+    pairs whose variants are absent are skipped. One row per factor: the number of pairs, the mean, least
+    and largest change (with minus without, in the column's units), and whether every pair moves the same
+    way. The ``"seed (same recipe)"`` factor, if present, gives the spread a difference must exceed.
+    """
+    rows = []
+    for factor, items in pairs.items():
+        d = [summary_table.loc[b, column] - summary_table.loc[a, column] for a, b in items
+             if a in summary_table.index and b in summary_table.index]
+        if not d:
+            continue
+        d = np.asarray(d, dtype=float)
+        rows.append({"factor": factor, "pairs": len(d), "mean change": d.mean(), "least change": d.min(),
+                     "largest change": d.max(), "same sign in every pair": bool((d > 0).all() or (d < 0).all())})
+    return pd.DataFrame(rows).set_index("factor")
+
+
 def summary(long: pd.DataFrame) -> pd.DataFrame:
     """Per-method mean over OOD sets, with the paper's CIFAR-10 averages where the method has one."""
     mean = long[long[names.OOD] == names.MEAN_ROW].set_index(names.METHOD)[[*names.METRICS, names.ID_ACCURACY]]

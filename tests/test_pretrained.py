@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -149,3 +150,30 @@ def test_percentile_is_chosen_on_validation_data_only():
         assert best["validation AUROC"] == rows["validation AUROC"].max()
         assert best["percentile"] == rows[rows["validation AUROC"] == rows["validation AUROC"].max()]["percentile"].min()
     assert np.isfinite(table["validation AUROC"]).all()
+
+
+def test_factor_effects_on_a_hand_made_table():
+    table = pd.DataFrame({"AUROC ASH-S@95": [80.0, 40.0, 70.0, 20.0, 78.0]},
+                         index=["a", "a_ls", "b", "b_ls", "a_seed1"])
+    pairs = {"seed (same recipe)": [("a", "a_seed1")], "ls": [("a", "a_ls"), ("b", "b_ls")],
+             "absent": [("a", "nowhere")]}
+    out = cs.factor_effects(table, pairs, "AUROC ASH-S@95")
+    assert list(out.index) == ["seed (same recipe)", "ls"]  # a pair with an absent variant is skipped
+    assert out.loc["ls", "mean change"] == -45.0 and out.loc["ls", "least change"] == -50.0
+    assert out.loc["ls", "largest change"] == -40.0 and out.loc["ls", "same sign in every pair"]
+    assert out.loc["seed (same recipe)", "mean change"] == -2.0
+
+
+def test_ash_s_effect_words_and_anatomy_summary():
+    assert cs.ash_s_effect(90.0, 40.0) == "inverts"
+    assert cs.ash_s_effect(90.0, 95.0) == "helps"
+    assert cs.ash_s_effect(90.0, 80.0) == "hurts"
+    assert cs.ash_s_effect(90.0, 90.5) == "no change"
+    table = pd.DataFrame({names.SET: ["ID", "A", "B"], "median s1/s2": [3.0, 6.0, 8.0],
+                          "AUROC s1/s2 alone": [np.nan, 10.0, 20.0], "AUROC energy": [np.nan, 80.0, 90.0],
+                          "AUROC ASH-P@95 (prune)": [np.nan, 80.0, 90.0], "AUROC SCALE@95 (scale)": [np.nan, 5.0, 15.0],
+                          "AUROC ASH-S@95 (both)": [np.nan, 30.0, 95.0]})
+    row = cs.anatomy_summary(table, 95)
+    assert row["ID median s1/s2"] == 3.0 and row["OOD median s1/s2"] == 7.0
+    assert row["AUROC energy"] == 85.0 and row["AUROC ASH-S@95"] == 62.5
+    assert row["sets where ASH-S beats energy"] == "1 of 2" and row["ASH-S"] == "hurts"

@@ -105,6 +105,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                                            **CPU_RECIPE, "label_smoothing": 0.0,
                                                                            "seed": 1}),
 }
+#: Comparisons that change one factor: factor -> [(without, with), ...]; "seed" pairs measure the spread of
+#: a recipe over training seeds, the yardstick for every other difference.
+PAIRS: dict[str, list[tuple[str, str]]] = {
+    "seed (same recipe)": [("plain", "plain_seed1"), ("ours", "ours_seed1"), ("ls0.2", "ls0.2_seed1"),
+                           ("airbench_cpu_recipe", "airbench_cpu_recipe_seed1"), ("airbench_ls0", "airbench_ls0_seed1")],
+    "label smoothing 0.2": [("ours", "ls0.2"), ("ours_seed1", "ls0.2_seed1"), ("r18_ours", "r18_ls0.2"),
+                            ("cpu_recipe_ls0", "cpu_recipe"), ("airbench_ls0", "airbench_cpu_recipe"),
+                            ("airbench_ls0_seed1", "airbench_cpu_recipe_seed1")],
+    "our trainer instead of the plain loop": [("plain", "ours"), ("plain_seed1", "ours_seed1")],
+    "weight decay 5e-4 instead of 1e-4": [("ours", "wd5e-4"), ("cpu_recipe_wd1e-4", "cpu_recipe"),
+                                          ("airbench_wd1e-4", "airbench_cpu_recipe")],
+    "cosine instead of step schedule": [("plain", "plain_cosine")],
+    "Nesterov momentum": [("plain", "plain_nesterov")],
+    "bf16 autocast": [("ours", "bf16")],
+    "lr 0.4, batch 256, warm-up, linear decay": [("ours", "fast_schedule")],
+    "crop padding 2 instead of 4": [("ours", "pad2")],
+    "twice the epochs": [("ours", "ours_long"), ("plain", "plain_long")],
+    "a quarter of the epochs": [("ours", "short")],
+    "the paper profile's ResNet-18 recipe": [("ours", "paper_recipe"), ("r18_ours", "r18_paper_recipe")],
+}
+
 #: The variants of each GPU run (the second run followed the first's results).
 RUNS = {1: [v for v in VARIANTS if v != "plain_cosine" and list(VARIANTS).index(v) < list(VARIANTS).index(
     "plain_cosine")], 2: list(VARIANTS)[list(VARIANTS).index("plain_cosine"):]}
@@ -249,6 +270,17 @@ def main_train(args) -> None:
     print(json.dumps(meta), "trained:", sorted(results), "missing:", sorted(set(names) - set(results)), flush=True)
 
 
+def write_config() -> None:
+    """``results/ash_inversion/config.json``: every variant's settings, the reference, the pairs, the evaluation."""
+    from ood_core.profiles import ASH_OOD
+
+    config = {"variants": {n: {"what": w, "settings": settings(n)} for n, (w, _) in VARIANTS.items()},
+              "reference": OURS, "pairs": PAIRS,
+              "evaluation": {"n_eval": 2000, "n_fit": 5000, "seed": 0, "ood": list(ASH_OOD["cifar10"])}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "config.json").write_text(json.dumps(config, indent=1))
+
+
 def main_evaluate(args) -> None:
     import pandas as pd
 
@@ -294,9 +326,7 @@ def main_evaluate(args) -> None:
     long = pd.DataFrame(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     long.to_csv(RESULTS / "variants.csv", index=False)
-    config = {"variants": {n: {"what": w, "settings": settings(n)} for n, (w, _) in VARIANTS.items()},
-              "reference": OURS, "evaluation": {"n_eval": 2000, "n_fit": 5000, "seed": 0, "ood": list(ASH_OOD["cifar10"])}}
-    (RESULTS / "config.json").write_text(json.dumps(config, indent=1))
+    write_config()
     meta = {**blob["meta"], "evaluated": datetime.date.today().isoformat(),
             "evaluated_on": f"{platform.machine()} CPU, torch {torch.__version__}"}
     runs_meta = []
