@@ -259,7 +259,9 @@ CLASSIFIER_METHODS = (*ASH_METHODS, *SUCCESSORS)
 #: The remedies for the likelihood failure (Ren, Serrà, Nalisnick 2019b, Morningstar, Kirichenko), with the raw
 #: likelihoods they correct.
 REMEDIES = ("glow", "pixelcnn", "likelihood_ratio", "likelihood_ratio:model=pixelcnn", "input_complexity:codec=png",
-            "typicality", "dose:model=glow", "dose:model=vae", "feature_flow")
+            "typicality", "dose:model=glow", "dose:model=vae", "feature_flow",
+            # the variant beside the paper's definition: one KDE over DoSE's statistics jointly
+            "dose:model=glow,method=joint_kde", "dose:model=vae,method=joint_kde")
 #: Generative detectors of the unified benchmark, in table order.
 UNIFIED_GENERATIVE = ("glow", "typicality", "cv_glow", "likelihood_ratio", "input_complexity:codec=png",
                       "input_complexity:codec=lzma", "vae", "pixelcnn", "likelihood_ratio:model=pixelcnn",
