@@ -69,7 +69,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -406,6 +406,10 @@ def _fold_actnorm(weight: torch.Tensor, norm: ActNorm) -> torch.Tensor:
     return weight * torch.exp(norm.log_scale).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
+#: Builds a coupling's network ``NN()``: ``net(in_features, out_features, width) -> nn.Module``.
+CouplingNetFactory = Callable[[int, int, int], nn.Module]
+
+
 class Coupling(nn.Module):
     """Coupling layer (Glow paper Sec. 3.3, Table 1 row 3; NICE for the additive case).
 
@@ -415,9 +419,14 @@ class Coupling(nn.Module):
     * ``"affine"``: ``t = h[:, 0::2]``, ``s = sigmoid(h[:, 1::2] + 2)``, ``y_b = (x_b + t) * s``,
       ``logdet = sum log s`` (sigmoid scale instead of the paper's ``exp``: see module docstring).
     * ``"additive"``: ``t = h``, ``y_b = x_b + t``, ``logdet = 0`` (CV-Glow).
+
+    ``net`` builds ``NN()`` from ``(C // 2, channels of h, width)``: Glow's :class:`CouplingNet` on
+    images ``[B, C, H, W]`` by default; :class:`ood_core.feature_flow.CouplingMLP` on vectors ``[B, D]``
+    (the same coupling, with the log-det summed over every non-batch dimension).
     """
 
-    def __init__(self, num_channels: int, width: int, coupling: str = "affine") -> None:
+    def __init__(self, num_channels: int, width: int, coupling: str = "affine",
+                 net: CouplingNetFactory | None = None) -> None:
         super().__init__()
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
@@ -427,7 +436,7 @@ class Coupling(nn.Module):
         self.num_a = num_channels // 2
         num_b = num_channels - self.num_a
         out_channels = 2 * num_b if coupling == "affine" else num_b
-        self.net = CouplingNet(self.num_a, out_channels, width)
+        self.net = (net or CouplingNet)(self.num_a, out_channels, width)
 
     def _shift_and_log_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.net(x_a)
@@ -444,7 +453,7 @@ class Coupling(nn.Module):
             return torch.cat([x_a, x_b + shift], dim=1), None
         y_b = (x_b + shift) * torch.exp(log_scale)
         # sum over the dimensions, not flatten(1).sum(1): no copy of a channels-last tensor
-        return torch.cat([x_a, y_b], dim=1), log_scale.sum(dim=(1, 2, 3))
+        return torch.cat([x_a, y_b], dim=1), log_scale.sum(dim=tuple(range(1, log_scale.dim())))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, logdet = self.couple(x)
