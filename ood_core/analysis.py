@@ -40,6 +40,7 @@ Conventions (used by every function here)
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -222,16 +223,12 @@ def effective_prior_sigma(model: nn.Module, x: torch.Tensor) -> float:
     inv_var_sum = 0.0
     count = 0
     with torch.no_grad():
-        h = x
-        for level in model.levels:
-            h, _ = level.squeeze(h)
-            for step in level.steps:
-                h, _ = step(h)
-            if level.split is not None:
-                (h, _), _ = level.split(h)
-                _, log_std = level.split.prior_params(h)
+        for out in model.walk(x):
+            if out.z is not None:
+                _, log_std = out.level.split.prior_params(out.h)
                 inv_var_sum += float(torch.exp(-2.0 * log_std.double()).sum())
                 count += log_std.numel()
+        h = out.h
         top_log_std = model.top_log_std if model.top_log_std is not None else torch.zeros(1, h.shape[1], 1, 1)
         per_channel = torch.exp(-2.0 * top_log_std.double()).flatten()
         inv_var_sum += float(per_channel.sum()) * h.shape[0] * h.shape[2] * h.shape[3]
@@ -985,17 +982,12 @@ def log_prob_breakdown(model: nn.Module, x_uint8: torch.Tensor, seed: int = 0, b
 def _latents_with_priors(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """Per level ``(z, mean, log_std, conditioner)``: the latent, its prior's parameters and the kept
     half they are computed from (``None`` for the top latent's unconditional prior)."""
-    out = []
-    h = x
-    for level in model.levels:
-        h, _ = level.squeeze(h)
-        for step in level.steps:
-            h, _ = step(h)
-        if level.split is not None:
-            (h, z), _ = level.split(h)
-            out.append((z, *level.split.prior_params(h), h))
-    out.append((h, *model._top_prior_params(h), None))
-    return out
+    latents = []
+    for out in model.walk(x):
+        if out.z is not None:
+            latents.append((out.z, *out.level.split.prior_params(out.h), out.h))
+    latents.append((out.h, *model._top_prior_params(out.h), None))
+    return latents
 
 
 def prior_fit_table(model: nn.Module, x_uint8: torch.Tensor, seed: int = 0, batch_size: int = 256,
@@ -1121,19 +1113,16 @@ def _check_step(model: nn.Module, level: int, step: int) -> None:
 def _encode_to_coupling(model: nn.Module, x: torch.Tensor, level: int, step: int
                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The input of coupling ``(level, step)`` and the latents split off below ``level``."""
-    zs = []
-    h = x
-    for index, lvl in enumerate(model.levels[: level + 1]):
-        h, _ = lvl.squeeze(h)
-        for k, flow_step in enumerate(lvl.steps):
-            if index == level and k == step:
-                h, _ = flow_step.actnorm(h)
-                h, _ = flow_step.invconv(h)
-                return h, zs
-            h, _ = flow_step(h)
-        (h, z), _ = lvl.split(h)
-        zs.append(z)
-    raise AssertionError("unreachable: _check_step validates level and step")
+    below = list(itertools.islice(model.walk(x), level))  # the levels below run whole
+    zs = [out.z for out in below]
+    h = below[-1].h if below else x
+    lvl = model.levels[level]
+    h, _ = lvl.squeeze(h)
+    for flow_step in lvl.steps[:step]:
+        h, _ = flow_step(h)
+    h, _ = lvl.steps[step].actnorm(h)
+    h, _ = lvl.steps[step].invconv(h)
+    return h, zs
 
 
 def _decode_from_coupling(model: nn.Module, h: torch.Tensor, zs: list[torch.Tensor], level: int, step: int
