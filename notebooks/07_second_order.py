@@ -37,7 +37,7 @@
 # **Conventions.** Every gap is in bits/dim with **positive = OOD favoured** (mean bits/dim of the ID
 # test set minus that of the OOD set). Derivatives are of `model.log_prob` on the model input space
 # $x = \text{pixel}/256 - 0.5$, in float64, at $x_0$ = the mean ID *training* image. Five predictions
-# sit beside the measurement (all from `ood_core.analysis`):
+# sit beside the measurement (all from `ood_core.second_order`):
 #
 # * **closed form** — eq. 6 exactly as the paper states it, mapped onto our multi-scale Glow: the
 #   first level's $K$ steps on the squeezed channels ($4C$ of them), ActNorm scales folded into the
@@ -82,7 +82,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from ood_core import analysis as an, claims, data, likelihood_study as ls, names, plots
+from ood_core import claims, data, flow_diagnostics as fd, likelihood_study as ls, names, plots, second_order as so
 from ood_core.experiment import missing_note
 from ood_core.flows import LAYER_TERMS, PRIOR_TERMS
 from ood_core.profiles import get_profile
@@ -101,7 +101,7 @@ evals = {(ds, coupling): ls.evaluate(P.glow.runs[ds].with_model(coupling=couplin
 real_ood = {ds: [k for k in evals[(ds, "additive")].sets
                  if k not in names.ID_KEYS and k.partition(":")[0] not in data.SYNTHETIC]
             for ds in DATASETS}
-x0 = {ds: an.model_space_mean(evals[(ds, "additive")].sets[names.ID_TRAIN].x) for ds in DATASETS}
+x0 = {ds: so.model_space_mean(evals[(ds, "additive")].sets[names.ID_TRAIN].x) for ds in DATASETS}
 for ds in DATASETS:
     display(Markdown(f"**{data.spec(ds).title}.** " + missing_note(evals[(ds, "additive")].missing)))
 
@@ -118,7 +118,7 @@ variance_tables = {}
 for ds in DATASETS:
     ev = evals[(ds, "additive")]
     keys = [names.ID_TEST, *real_ood[ds]]
-    variance_tables[ds] = an.variance_table({k: ev.sets[k].x for k in keys}, names.ID_TEST,
+    variance_tables[ds] = so.variance_table({k: ev.sets[k].x for k in keys}, names.ID_TEST,
                                             names={k: ev.sets[k].name for k in keys})
     plots.show_table(variance_tables[ds], digits=4,
                      caption=f"ID {data.spec(ds).title}: per-channel mean and per-pixel variance ([0, 1] scale)")
@@ -152,7 +152,7 @@ plt.show()
 tables = {}
 for (ds, coupling), ev in evals.items():
     keys = [names.ID_TEST, *real_ood[ds]]
-    tables[(ds, coupling)] = an.second_order_table(
+    tables[(ds, coupling)] = so.second_order_table(
         ev.trained.model, {k: ev.sets[k].x for k in keys}, names.ID_TEST,
         bpd={k: ev.scores[k]["bpd"] for k in keys}, x0=x0[ds], n_probes=n_probes, n_taylor=n_taylor,
         generator=torch.Generator().manual_seed(seed), names={k: ev.sets[k].name for k in keys}, seed=seed)
@@ -203,7 +203,7 @@ plt.show()
 # %%
 HUTCHINSON = "Hessian diagonal (Hutchinson)"
 CURVATURE_FORMS = ["closed form (learned σ)", "linearised exact (learned σ)"]
-curvature = pd.concat({f"CV-Glow on {data.spec(ds).title}": an.curvature_table(
+curvature = pd.concat({f"CV-Glow on {data.spec(ds).title}": so.curvature_table(
     evals[(ds, "additive")].trained.model, x0[ds], sigma_learned=tables[(ds, "additive")].attrs["sigma_learned"],
     n_probes=n_probes, generator=torch.Generator().manual_seed(seed)) for ds in DATASETS}, names=["model"])
 curvature_columns = ["closed form (σ=1)", "closed form (learned σ)", "linearised exact (σ=1)",
@@ -280,12 +280,12 @@ display(Markdown(
 # %%
 K_PAPER = get_profile("paper").glow.runs["cifar10"].model["steps"]  # steps per level of the paper-scale Glow
 N_DRAWS = 5  # independent draws of the K random matrices
-CLOSED, EXACT = an.SHRINKAGE_QUANTITIES
+CLOSED, EXACT = so.SHRINKAGE_QUANTITIES
 depth_parts, depth_attrs = [], {}
 for ds in DATASETS:
-    trained = an.depth_shrinkage_table(evals[(ds, "additive")].trained.model, seeds=())
+    trained = so.depth_shrinkage_table(evals[(ds, "additive")].trained.model, seeds=())
     channels = trained.attrs["num_channels"]
-    random = an.depth_shrinkage_table(k_max=max(K_PAPER, int(trained["K"].max())), num_channels=channels,
+    random = so.depth_shrinkage_table(k_max=max(K_PAPER, int(trained["K"].max())), num_channels=channels,
                                       seeds=range(seed, seed + N_DRAWS))
     depth_attrs[ds] = random.attrs
     depth_parts.append(pd.concat([trained, random], ignore_index=True).assign(ID=data.spec(ds).title))
@@ -306,7 +306,7 @@ for row_axes, (ylabel, quantities) in zip(axes, ROWS.items()):
         title = data.spec(ds).title
         panel = depth_summary[(depth_summary["ID"] == title) & depth_summary["quantity"].isin(quantities)]
         for (weights, quantity), g in panel.groupby(["weights", "quantity"]):
-            is_trained = weights == an.TRAINED_WEIGHTS
+            is_trained = weights == so.TRAINED_WEIGHTS
             ax.plot(g["K"], np.exp(g["mean"]), color=COLORS[quantity], ls=":" if is_trained else "-",
                     marker="o" if is_trained else None, markeredgecolor="black", zorder=3 if is_trained else 2,
                     label=f"{quantity}: {weights}")
@@ -329,7 +329,7 @@ depth_summary["K²"] = depth_summary["K"] ** 2
 by_curve = ["ID", "weights", "quantity"]
 fit = depth_summary.groupby(by_curve)[["K·mean", "K²"]].sum()
 last = depth_summary.loc[depth_summary.groupby(by_curve)["K"].idxmax()].set_index(by_curve)
-theory = pd.Series({(data.spec(ds).title, an.RANDOM_WEIGHTS, q): 0.0 if q == EXACT
+theory = pd.Series({(data.spec(ds).title, so.RANDOM_WEIGHTS, q): 0.0 if q == EXACT
                     else depth_attrs[ds]["mean_log_column_sum_sq"] for ds in DATASETS for q in (CLOSED, EXACT, RATIO)})
 PER_STEP = "mean log factor per step (fit)"
 shrinkage = pd.DataFrame({PER_STEP: fit["K·mean"] / fit["K²"],
@@ -344,14 +344,14 @@ display(Markdown(" ".join(
     f"**{title}, {depth_attrs[ds]['num_channels']} channels:** E log s² = "
     f"{depth_attrs[ds]['mean_log_column_sum_sq']:.3f} exactly, "
     f"{depth_attrs[ds]['mean_log_column_sum_sq_sampled']:.3f} over the columns of the random matrices; with "
-    f"random rotations the closed form falls by {-shrinkage.loc[(title, an.RANDOM_WEIGHTS, RATIO), PER_STEP]:.3f} "
+    f"random rotations the closed form falls by {-shrinkage.loc[(title, so.RANDOM_WEIGHTS, RATIO), PER_STEP]:.3f} "
     f"per step (in log) relative to the exact curvature, so at K = {K_PAPER} it is typically "
-    f"{shrinkage.loc[(title, an.RANDOM_WEIGHTS, RATIO), TYPICAL]} times the exact one (theory "
+    f"{shrinkage.loc[(title, so.RANDOM_WEIGHTS, RATIO), TYPICAL]} times the exact one (theory "
     f"{sci(float(np.exp(K_PAPER * depth_attrs[ds]['mean_log_column_sum_sq'])))}), whose factor stays "
-    f"{float(np.exp(last.loc[(title, an.RANDOM_WEIGHTS, EXACT), 'mean'])):.6f}. On the trained first level the "
-    f"ratio changes by {shrinkage.loc[(title, an.TRAINED_WEIGHTS, RATIO), PER_STEP]:+.3f} per step (in log) and is "
-    f"typically {shrinkage.loc[(title, an.TRAINED_WEIGHTS, RATIO), TYPICAL]} after its "
-    f"K = {int(last.loc[(title, an.TRAINED_WEIGHTS, RATIO), 'K'])} steps."
+    f"{float(np.exp(last.loc[(title, so.RANDOM_WEIGHTS, EXACT), 'mean'])):.6f}. On the trained first level the "
+    f"ratio changes by {shrinkage.loc[(title, so.TRAINED_WEIGHTS, RATIO), PER_STEP]:+.3f} per step (in log) and is "
+    f"typically {shrinkage.loc[(title, so.TRAINED_WEIGHTS, RATIO), TYPICAL]} after its "
+    f"K = {int(last.loc[(title, so.TRAINED_WEIGHTS, RATIO), 'K'])} steps."
     for ds, title in ((ds, data.spec(ds).title) for ds in DATASETS))))
 
 # %% [markdown]
@@ -359,7 +359,7 @@ display(Markdown(" ".join(
 #
 # A uniform density over the 256 pixel values costs exactly 8 bits/dim, yet a Glow can charge uniform
 # noise far more than that, up to astronomically many bits/dim (the first table below gives this run's
-# values). The bits/dim of an image is a sum of terms (`ood_core.analysis.log_prob_breakdown`), one set
+# values). The bits/dim of an image is a sum of terms (`ood_core.flow_diagnostics.log_prob_breakdown`), one set
 # per level $l$ with latent $z_l$ of $d_l$ dimensions and prior $\mathcal N(\mu_l, \sigma_l^2)$:
 #
 # $$\text{bpd}(x) = n_\text{bits} - \frac{1}{D \ln 2}\Big[\sum_l \sum_{i \le d_l}\Big(-\tfrac12 \log 2\pi
@@ -393,7 +393,7 @@ display(Markdown(" ".join(
 # noise (means *and* medians: a few images can dominate a mean), then each level's terms (contributions
 # to the bits/dim, positive = costs bits; the constant $-\tfrac12\log 2\pi$ and $n_\text{bits}$ terms,
 # equal for every image, are left out), then how each level's latent sits in its prior
-# (`ood_core.analysis.prior_fit_table`: rms of $z$, $\mu$, $z-\mu$ and the conditioner, the range of
+# (`ood_core.flow_diagnostics.prior_fit_table`: rms of $z$, $\mu$, $z-\mu$ and the conditioner, the range of
 # $\log\sigma$, the mean squared standardised latent and the share of its sum carried by its largest
 # entries).
 
@@ -411,9 +411,9 @@ for (ds, coupling), ev in evals.items():
         noise_rows.append({"model": label, "set": ev.sets[key].name, "images": len(bpd),
                            "mean bpd": bpd.mean(), "median bpd": float(np.median(bpd)), "max bpd": bpd.max(),
                            TOP_COLUMN: np.sort(bpd)[-top:].sum() / bpd.sum()})
-        breakdowns[(label, key)] = an.log_prob_breakdown(ev.trained.model, ev.sets[key].x, seed=seed,
+        breakdowns[(label, key)] = fd.log_prob_breakdown(ev.trained.model, ev.sets[key].x, seed=seed,
                                                          batch_size=ev.run.eval_batch)
-        fits[(label, key)] = an.prior_fit_table(ev.trained.model, ev.sets[key].x, seed=seed,
+        fits[(label, key)] = fd.prior_fit_table(ev.trained.model, ev.sets[key].x, seed=seed,
                                                 batch_size=ev.run.eval_batch, top_share=TOP_SHARE)
 noise_bpd = pd.DataFrame(noise_rows).set_index(["model", "set"])
 bpd_columns = ["mean bpd", "median bpd", "max bpd"]
@@ -463,7 +463,7 @@ for label in term_frames:
         f"{TOP_SHARE:.0%} of the noise images carry {noise_row[TOP_COLUMN]:.0%} of its sum. Of its excess of "
         f"{sci(excess)} bits/dim over the ID test set the prior terms carry {sci(float(prior_diff.sum()))}, the "
         f"log-dets {sci(excess - float(prior_diff.sum()))}; the largest single term is "
-        f"*{an.TERM_LABELS[largest_term]}* of level {largest_level} ({sci(float(diff.max()))} bits/dim above the ID "
+        f"*{fd.TERM_LABELS[largest_term]}* of level {largest_level} ({sci(float(diff.max()))} bits/dim above the ID "
         f"test set). The prior of level {level} costs the most: its log σ reaches down to "
         f"{fit_noise['log σ min']:.2f} on noise against {fit_id['log σ min']:.2f} on the ID test set (medians "
         f"{fit_noise['log σ median']:.2f} and {fit_id['log σ median']:.2f}), and its mean ((z − μ)/σ)² is "
@@ -575,7 +575,7 @@ display(Markdown("\n".join([
               for m, v in by_model.items()) + ".",
     "* Depth: the closed form's mean log factor per step for random rotations — " +
     "; ".join(f"{depth_attrs[ds]['num_channels']} channels "
-              f"{shrinkage.loc[(data.spec(ds).title, an.RANDOM_WEIGHTS, CLOSED), PER_STEP]:.3f} "
+              f"{shrinkage.loc[(data.spec(ds).title, so.RANDOM_WEIGHTS, CLOSED), PER_STEP]:.3f} "
               f"(theory {depth_attrs[ds]['mean_log_column_sum_sq']:.3f})" for ds in DATASETS) + ".",
     "* Uniform noise, mean / median bits/dim: " +
     "; ".join(f"{label} {sci(scored[(label, NOISE)])} / "

@@ -24,10 +24,10 @@
 # $$x_\alpha = (1 - \alpha)\,x + \alpha\,\mathrm{gray}(x), \qquad \mathrm{gray}(x) = 0.299R + 0.587G + 0.114B
 #   \text{ in all three channels},$$
 #
-# rounded back to 8 bits (`ood_core.analysis.blend_gray`), for a grid of $\alpha$; $\alpha = 0$ is the test
+# rounded back to 8 bits (`ood_core.graying.blend_gray`), for a grid of $\alpha$; $\alpha = 0$ is the test
 # set, $\alpha = 1$ the grayscale view of the Glow chapters. Each blended set is scored by the CIFAR-10
 # Glow and CV-Glow of those chapters (loaded from the artifact cache, not retrained), beside its mean
-# per-pixel variance and the second-order predictions of the gain (`ood_core.analysis.second_order_table`,
+# per-pixel variance and the second-order predictions of the gain (`ood_core.second_order.second_order_table`,
 # gap of $x_\alpha$ against $x_0$; positive = the grayer images are favoured).
 
 # %% tags=["parameters"]
@@ -42,7 +42,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from ood_core import analysis as an, claims, likelihood, likelihood_study as ls, names, plots
+from ood_core import claims, graying as gr, likelihood, likelihood_study as ls, names, plots, second_order as so
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -56,7 +56,7 @@ evals = {name: ls.evaluate(P.glow.runs["cifar10"].with_model(coupling=coupling),
                            seed=seed, device=device)
          for coupling, name in COUPLINGS.items()}
 images = evals["Glow"].sets[names.ID_TEST].x[:n_gray]
-blended = {alpha: an.blend_gray(images, alpha) for alpha in alphas}
+blended = {alpha: gr.blend_gray(images, alpha) for alpha in alphas}
 display(Markdown(f"{len(images)} CIFAR-10 test images per α; α grid {list(alphas)}."))
 
 # %%
@@ -74,7 +74,7 @@ plt.show()
 # %%
 scores = {name: {alpha: likelihood.score_flow(ev.trained.model, x, seed=seed)["bpd"] for alpha, x in blended.items()}
           for name, ev in evals.items()}
-graying = pd.concat({name: an.graying_table(ev.trained.model, images, alphas, seed=seed, bpd=scores[name])
+graying = pd.concat({name: gr.graying_table(ev.trained.model, images, alphas, seed=seed, bpd=scores[name])
                      for name, ev in evals.items()}, names=["model"])
 plots.show_table(graying, digits=4)
 
@@ -106,7 +106,7 @@ plt.show()
 predicted = {}
 for name, ev in evals.items():
     sets = {f"α = {alpha:g}": x for alpha, x in blended.items()}
-    predicted[name] = an.second_order_table(ev.trained.model, sets, f"α = {alphas[0]:g}", n_probes=n_probes,
+    predicted[name] = so.second_order_table(ev.trained.model, sets, f"α = {alphas[0]:g}", n_probes=n_probes,
                                             bpd={f"α = {alpha:g}": v for alpha, v in scores[name].items()},
                                             n_taylor=n_taylor, generator=torch.Generator().manual_seed(seed), seed=seed)
 prediction = pd.concat(predicted, names=["model"])

@@ -51,7 +51,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from ood_core import analysis as an, benchmarks, claims, data, detectors, likelihood_study as ls, metrics, names, plots
+from ood_core import benchmarks, claims, data, detectors, flow_diagnostics as fd, likelihood_study as ls, metrics, names, plots
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
@@ -76,7 +76,7 @@ glow = ls.evaluate(P.glow.runs["fashion_mnist"], P.glow.n_eval, P.glow.ood["fash
                    device=device)
 model = glow.trained.model
 view_sets = {k: glow.sets[k].x[:256] for k in (names.ID_TEST, "mnist", "uniform") if k in glow.sets}
-views = {k: an.coupling_view(model, x, level=0, step=0) for k, x in view_sets.items()}
+views = {k: fd.coupling_view(model, x, level=0, step=0) for k, x in view_sets.items()}
 fig, axes = plt.subplots(len(views), 3, figsize=(7.5, 2.6 * len(views)), squeeze=False)
 for row, (k, v) in zip(axes, views.items()):
     for ax, (title, img) in zip(row, (("image", v.image[0]), ("masked half (target)", v.target_image[0]),
@@ -97,7 +97,7 @@ plots.show_table(r2, digits=2, caption=f"How much of the masked half the couplin
 
 # %%
 keeps = [tuple(), *[(i,) for i in range(model.config.levels)]]
-recon = an.reconstruction_table(model, {k: x[:128] for k, x in view_sets.items() if k != "uniform"}, keeps=keeps,
+recon = fd.reconstruction_table(model, {k: x[:128] for k, x in view_sets.items() if k != "uniform"}, keeps=keeps,
                                 seed=seed, names=glow.names)
 plots.show_table(recon, digits={"MSE": 4, "s.e. (MSE)": 4, "PSNR (dB)": 1, "s.e. (PSNR)": 1},
                  caption="Reconstructions from one kept level (PSNR, higher = closer)")
@@ -106,7 +106,7 @@ for k in (names.ID_TEST, "mnist"):
     x = view_sets[k][:8]
     shown[glow.names[k]] = x
     for level in range(model.config.levels):
-        rec = an.latent_reconstruction(model, x, keep_levels=(level,))
+        rec = fd.latent_reconstruction(model, x, keep_levels=(level,))
         shown[f"{glow.names[k]}: level {level} kept"] = ((rec + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
 fig = plots.grids(shown, ncols=1 + model.config.levels, nrow=8, size=3.0)
 plt.show()

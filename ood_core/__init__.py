@@ -16,7 +16,9 @@ its own or a lower layer, and the import graph has no cycle.
    resumable trainer).
 3. **scores and analysis** -- ``ash`` (activation shaping), ``scores`` (classifier OOD scores and
    fitted detectors), ``generative_scores`` (likelihood ratio, typicality, input complexity, WAIC,
-   DoSE), ``analysis`` (second-order analysis, graying, flow diagnostics).
+   DoSE), ``second_order`` (Nalisnick et al.'s second-order analysis), ``graying`` (their graying
+   experiment), ``flow_diagnostics`` (bits/dim by level and layer, prior fit, what couplings and
+   latents learn).
 4. **experiments** -- ``families`` (model-family registry), ``experiment`` (runs, ``train_or_load``,
    held-out sets, committed results), ``likelihood_study`` and ``classifier_study`` (evaluations and
    their tables), ``detectors`` (the detector contract, registry and suite), ``benchmarks`` (which
@@ -42,7 +44,7 @@ LAYERS: dict[str, int] = {
     "data": 1,
     **dict.fromkeys(("flows", "likelihood", "discretized", "pixelcnn", "vae", "feature_flow", "classifiers",
                      "pretrained", "train"), 2),
-    **dict.fromkeys(("ash", "scores", "generative_scores", "analysis"), 3),
+    **dict.fromkeys(("ash", "scores", "generative_scores", "second_order", "graying", "flow_diagnostics"), 3),
     **dict.fromkeys(("families", "experiment", "likelihood_study", "classifier_study", "detectors", "claims",
                      "benchmarks", "profiles"), 4),
     **dict.fromkeys(("plots", "cli", "bench", "bench_reference", "__main__"), 5),

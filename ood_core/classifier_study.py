@@ -27,7 +27,7 @@ import torch
 
 from ood_core import ash, data, detectors, metrics, names, pretrained, scores
 from ood_core.artifacts import ArtifactStore, content_digest, results_root
-from ood_core.experiment import ClassifierRun, Trained, evaluation_sets, export, published as _published_folder
+from ood_core.experiment import ClassifierRun, Published, Trained, evaluation_sets, export, published_folder
 from ood_core.experiment import train_or_load, validation_sets
 
 #: CIFAR-10 DenseNet-BC-100 averages over SVHN, LSUN-C, LSUN-R, iSUN, Textures and Places365
@@ -517,20 +517,6 @@ def where_to_ash(trained: Trained, id_set: data.ImageSet, ood_sets: dict[str, da
 # Paper-profile results committed under results/, and bring-your-own models.
 # ------------------------------------------------------------------------------------------------
 
-@dataclass
-class Published:
-    """Committed paper-profile tables of a classifier run (``results/``): tables, curves, meta."""
-
-    run: ClassifierRun
-    tables: dict[str, pd.DataFrame]
-    history: pd.DataFrame
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def hardware(self) -> str:
-        return self.meta.get("hardware", {}).get("gpu", "CPU")
-
-
 def export_results(trained: Trained, tables: dict[str, pd.DataFrame], root=None) -> str:
     """Write the small results of a run (tables as CSV, curves, config, hardware) to ``results/``."""
     files = {f"{k}.csv": v.to_csv(index=False) for k, v in tables.items()}
@@ -540,12 +526,12 @@ def export_results(trained: Trained, tables: dict[str, pd.DataFrame], root=None)
 
 def published(run: ClassifierRun) -> Published | None:
     """Paper-profile tables for ``run`` from ``results/``, or None when absent."""
-    folder = _published_folder("classifier_results", run)
+    folder = published_folder("classifier_results", run)
     if folder is None:
         return None
     tables = {p.stem: pd.read_csv(io.StringIO(p.read_text())) for p in folder.glob("*.csv")}
-    return Published(run, tables, pd.read_json(io.StringIO((folder / "history.json").read_text())),
-                     json.loads((folder / "meta.json").read_text()))
+    return Published(run, pd.read_json(io.StringIO((folder / "history.json").read_text())),
+                     json.loads((folder / "meta.json").read_text()), tables=tables)
 
 
 def evaluate_model(model: torch.nn.Module, fit_set: data.ImageSet, id_set: data.ImageSet,

@@ -10,8 +10,8 @@ Every experiment of the book is the same sequence, written once here:
    trained (resumably; see :mod:`ood_core.train`) and cached. What differs between families (model,
    loss, data, transforms, curves) comes from the family registry, :mod:`ood_core.families`;
 3. scoring and tables (:mod:`ood_core.likelihood_study`, :mod:`ood_core.classifier_study`);
-4. :func:`export` / :func:`published` -- the small results of a GPU run (no weights) committed under
-   ``results/`` and read back by the book.
+4. :func:`export` / :class:`Published` -- the small results of a GPU run (no weights) committed under
+   ``results/`` and read back by the book (one class for every study).
 
 Evaluation sets (:func:`evaluation_sets`) are drawn with the same size and seed by every chapter, so
 detectors of different families score the same images (checked where they meet).
@@ -324,9 +324,51 @@ def export(kind: str, run, *, meta: dict, arrays: dict | None = None, files: dic
     return str(store.save(kind, run.key(), arrays=arrays, meta=meta, files=files))
 
 
-def published(kind: str, run):
+def published_folder(kind: str, run):
     """The folder of the committed results of ``run`` under ``results/``, or None when absent."""
     store = ArtifactStore(results_root())
     if not store.exists(kind, run.key()):
         return None
     return store.path(kind, run.key())
+
+
+@dataclass
+class Published:
+    """Committed paper-profile results of a run (``results/``): curves, meta and tables; no model.
+
+    One class for every study. A classifier run commits its tables (``tables``: name -> frame). A
+    likelihood run commits per-example score terms (``scores``: set key -> term -> values, with the
+    sets' display names in ``set_names``) and its one table, bits/dim per set, is recomputed from
+    them on loading (:func:`ood_core.likelihood_study.published`), so ``table`` is that table.
+    """
+
+    run: Any
+    history: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    set_names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hardware(self) -> str:
+        return self.meta.get("hardware", {}).get("gpu", "CPU")
+
+    @property
+    def names(self) -> dict[str, str]:
+        """``{set key: display name}`` of the scored sets (likelihood runs)."""
+        return self.set_names
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The run's table when it committed exactly one (a likelihood run's bits/dim table)."""
+        if len(self.tables) != 1:
+            raise KeyError(f"{len(self.tables)} committed tables ({', '.join(self.tables)}): pick one from .tables")
+        return next(iter(self.tables.values()))
+
+    def column(self, term: str = "bpd") -> dict[str, Any]:
+        """``{set display name: per-example values of term}`` for histograms (likelihood runs)."""
+        return {self.names[k]: v[term] for k, v in self.scores.items()}
+
+    def row(self, key: str) -> pd.Series:
+        """The row of the set ``key`` (``names.ID_TEST``, ``"mnist"``, ...) in :attr:`table`."""
+        return self.table.loc[self.names[key]]

@@ -25,7 +25,8 @@ Architecture
   (LU parameterisation, Glow eq. 10; permutation and signs as buffers) applied to the vector
   seen as a ``[B, D, 1, 1]`` image: a 1x1 convolution on one pixel *is* the linear map
   ``z = W x``, and the log-dets reduce to ``sum(log_scale)`` and ``log|det W|``.
-* **Coupling** (:class:`VectorCoupling`): Glow's coupling with an MLP in place of the CNN.
+* **Coupling**: Glow's :class:`ood_core.flows.Coupling` with an MLP (:class:`CouplingMLP`) in
+  place of the CNN.
   ``x_a`` = the first ``D // 2`` entries, ``x_b`` the rest; ``h = MLP(x_a)``;
   ``"affine"``: ``t = h[:, 0::2]``, ``s = sigmoid(h[:, 1::2] + 2)``, ``y_b = (x_b + t) * s``,
   ``logdet = sum log s``; ``"additive"``: ``y_b = x_b + h``, ``logdet = 0``.
@@ -49,6 +50,7 @@ Training: :func:`feature_flow_nll` is a ``loss_fn`` for :func:`ood_core.train.tr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -57,11 +59,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
-from ood_core.flows import COUPLINGS, ActNorm, InvConv1x1, initialize_actnorm
+from ood_core.flows import COUPLINGS, ActNorm, Coupling, InvConv1x1, initialize_actnorm
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ __all__ = [
     "FeatureFlow",
     "FeatureFlowConfig",
     "FeatureFlowStep",
-    "VectorCoupling",
+    "CouplingMLP",
     "feature_flow_nll",
     "feature_flow_scores",
     "initialize_feature_flow",
@@ -158,62 +159,32 @@ class ZeroLinear(nn.Module):
         return self.linear(x) * torch.exp(3.0 * self.logs)
 
 
-class VectorCoupling(nn.Module):
-    """Affine or additive coupling on ``[B, D]`` vectors with an MLP (see the module docstring).
+class CouplingMLP(nn.Sequential):
+    """The coupling network on vectors: ``(Linear -> ReLU) x n_hidden`` then :class:`ZeroLinear`.
 
-    ``x_a = x[:, :D//2]`` passes unchanged and conditions ``h = MLP(x_a)``;
-    ``"affine"``: ``y_b = (x_b + h[:, 0::2]) * sigmoid(h[:, 1::2] + 2)``, ``logdet = sum log s``;
-    ``"additive"``: ``y_b = x_b + h``, ``logdet = 0``.
+    The ``net`` of a :class:`ood_core.flows.Coupling` on ``[B, D]`` features (see the module
+    docstring); ``width`` is the hidden width.
     """
 
-    def __init__(self, dim: int, hidden: int, n_hidden: int = 2, coupling: str = "affine") -> None:
-        super().__init__()
-        if coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
-        if dim < 2:
-            raise ValueError(f"a coupling needs at least 2 features, got {dim}")
-        self.coupling = coupling
-        self.num_a = dim // 2
-        num_b = dim - self.num_a
+    def __init__(self, in_features: int, out_features: int, width: int, n_hidden: int = 2) -> None:
         layers: list[nn.Module] = []
-        width_in = self.num_a
+        width_in = in_features
         for _ in range(n_hidden):
-            layers += [nn.Linear(width_in, hidden), nn.ReLU()]
-            width_in = hidden
-        layers.append(ZeroLinear(width_in, 2 * num_b if coupling == "affine" else num_b))
-        self.net = nn.Sequential(*layers)
-
-    def _shift_and_log_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.net(x_a)
-        if self.coupling == "additive":
-            return h, None
-        return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_a, x_b = x[:, : self.num_a], x[:, self.num_a :]
-        shift, log_scale = self._shift_and_log_scale(x_a)
-        if log_scale is None:
-            return torch.cat([x_a, x_b + shift], dim=1), x.new_zeros(x.shape[0])
-        y_b = (x_b + shift) * torch.exp(log_scale)
-        return torch.cat([x_a, y_b], dim=1), log_scale.sum(1)
-
-    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z_a, z_b = z[:, : self.num_a], z[:, self.num_a :]
-        shift, log_scale = self._shift_and_log_scale(z_a)
-        if log_scale is None:
-            return torch.cat([z_a, z_b - shift], dim=1), z.new_zeros(z.shape[0])
-        x_b = z_b * torch.exp(-log_scale) - shift
-        return torch.cat([z_a, x_b], dim=1), -log_scale.sum(1)
+            layers += [nn.Linear(width_in, width), nn.ReLU()]
+            width_in = width
+        layers.append(ZeroLinear(width_in, out_features))
+        super().__init__(*layers)
 
 
 class FeatureFlowStep(nn.Module):
-    """One step on ``[B, D]``: Glow's ActNorm -> invertible linear map (LU) -> :class:`VectorCoupling`."""
+    """One step on ``[B, D]``: Glow's ActNorm -> invertible linear map (LU) -> coupling with a :class:`CouplingMLP`."""
 
     def __init__(self, config: FeatureFlowConfig) -> None:
         super().__init__()
         self.actnorm = ActNorm(config.dim)
         self.linear = InvConv1x1(config.dim, lu=config.lu)
-        self.coupling = VectorCoupling(config.dim, config.hidden, config.n_hidden, config.coupling)
+        self.coupling = Coupling(config.dim, config.hidden, config.coupling,
+                                 net=functools.partial(CouplingMLP, n_hidden=config.n_hidden))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, logdet = self.actnorm(_as_pixel(x))

@@ -69,7 +69,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +95,7 @@ __all__ = [
     "initialize_actnorm",
     "gaussian_log_prob",
     "FlowTerm",
+    "LevelOutput",
     "PRIOR_TERMS",
     "LAYER_TERMS",
 ]
@@ -202,6 +203,16 @@ class FlowTerm(NamedTuple):
     step: int | None
     kind: str
     value: torch.Tensor
+
+
+class LevelOutput(NamedTuple):
+    """What :meth:`Glow.walk` yields after each level, in the density direction."""
+
+    index: int  #: the level, 0 = the finest
+    level: nn.Module  #: its modules: ``squeeze``, ``steps``, ``split`` (None at the top level)
+    h: torch.Tensor  #: the half the split keeps (the input of the next level); the top latent at the top
+    z: torch.Tensor | None  #: the latent the split sets aside; None at the top level
+    logdet: torch.Tensor  #: ``log|det|`` of the flow from the input to here, ``[B]``
 
 
 def _gaussian_terms(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -406,6 +417,10 @@ def _fold_actnorm(weight: torch.Tensor, norm: ActNorm) -> torch.Tensor:
     return weight * torch.exp(norm.log_scale).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
+#: Builds a coupling's network ``NN()``: ``net(in_features, out_features, width) -> nn.Module``.
+CouplingNetFactory = Callable[[int, int, int], nn.Module]
+
+
 class Coupling(nn.Module):
     """Coupling layer (Glow paper Sec. 3.3, Table 1 row 3; NICE for the additive case).
 
@@ -415,9 +430,14 @@ class Coupling(nn.Module):
     * ``"affine"``: ``t = h[:, 0::2]``, ``s = sigmoid(h[:, 1::2] + 2)``, ``y_b = (x_b + t) * s``,
       ``logdet = sum log s`` (sigmoid scale instead of the paper's ``exp``: see module docstring).
     * ``"additive"``: ``t = h``, ``y_b = x_b + t``, ``logdet = 0`` (CV-Glow).
+
+    ``net`` builds ``NN()`` from ``(C // 2, channels of h, width)``: Glow's :class:`CouplingNet` on
+    images ``[B, C, H, W]`` by default; :class:`ood_core.feature_flow.CouplingMLP` on vectors ``[B, D]``
+    (the same coupling, with the log-det summed over every non-batch dimension).
     """
 
-    def __init__(self, num_channels: int, width: int, coupling: str = "affine") -> None:
+    def __init__(self, num_channels: int, width: int, coupling: str = "affine",
+                 net: CouplingNetFactory | None = None) -> None:
         super().__init__()
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
@@ -427,7 +447,7 @@ class Coupling(nn.Module):
         self.num_a = num_channels // 2
         num_b = num_channels - self.num_a
         out_channels = 2 * num_b if coupling == "affine" else num_b
-        self.net = CouplingNet(self.num_a, out_channels, width)
+        self.net = (net or CouplingNet)(self.num_a, out_channels, width)
 
     def _shift_and_log_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.net(x_a)
@@ -444,7 +464,7 @@ class Coupling(nn.Module):
             return torch.cat([x_a, x_b + shift], dim=1), None
         y_b = (x_b + shift) * torch.exp(log_scale)
         # sum over the dimensions, not flatten(1).sum(1): no copy of a channels-last tensor
-        return torch.cat([x_a, y_b], dim=1), log_scale.sum(dim=(1, 2, 3))
+        return torch.cat([x_a, y_b], dim=1), log_scale.sum(dim=tuple(range(1, log_scale.dim())))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, logdet = self.couple(x)
@@ -698,20 +718,28 @@ class Glow(nn.Module):
             return zeros, zeros
         return self.top_mean.expand_as(like), self.top_log_std.expand_as(like)
 
-    def _encode(
-        self, x: torch.Tensor, with_prior: bool, terms: list[FlowTerm] | None = None
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """Latents, log-det and (``with_prior``) ``log_pz``; ``terms``, when a list, collects every
-        :class:`FlowTerm` (layer log-dets one by one; prior parts with ``with_prior``)."""
+    def walk(self, x: torch.Tensor) -> Iterator[LevelOutput]:
+        """The density direction level by level: squeeze, the level's flow steps, then its split.
+
+        Yields a :class:`LevelOutput` after each level (the finest first; the last one carries the
+        top latent as ``h``), computed lazily: stopping early runs only the levels taken. The
+        priors are not evaluated (``level.split.prior_params(h)`` / :meth:`_top_prior_params` give
+        them). ``x`` is in the model input space, ``[B, C, H, W]``; the values are those of
+        :meth:`forward`.
+        """
+        return self._walk(x, terms=None, fast=False)
+
+    def _walk(self, x: torch.Tensor, terms: list[FlowTerm] | None, fast: bool) -> Iterator[LevelOutput]:
+        """:meth:`walk`; ``fast`` squeezes into the channels-last layout of the convolutions (the same
+        values), ``terms``, when a list, runs each step's three layers one by one and collects their
+        log-dets as :class:`FlowTerm` s."""
         expected = self.config.image_shape
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"Glow expects input of shape [B, {expected}], got {tuple(x.shape)}")
         logdet = _batch_zeros(x)
-        log_pz = _batch_zeros(x) if with_prior else None
-        zs = []
         h = x
         for index, level in enumerate(self.levels):
-            if terms is None:
+            if fast:
                 h = _squeeze_channels_last(h)  # Squeeze's values, laid out for the convolutions
             else:
                 h, ld = level.squeeze(h)
@@ -726,15 +754,28 @@ class Glow(nn.Module):
                         terms.append(FlowTerm(index, step_index, kind, layer_ld))
                         ld = ld + layer_ld
                 logdet = logdet + ld
+            z = None
             if level.split is not None:
                 (h, z), ld = level.split(h)
                 logdet = logdet + ld
-                zs.append(z)
+            yield LevelOutput(index, level, h, z, logdet)
+
+    def _encode(
+        self, x: torch.Tensor, with_prior: bool, terms: list[FlowTerm] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Latents, log-det and (``with_prior``) ``log_pz``; ``terms``, when a list, collects every
+        :class:`FlowTerm` (layer log-dets one by one; prior parts with ``with_prior``)."""
+        log_pz = _batch_zeros(x) if with_prior else None
+        zs = []
+        for out in self._walk(x, terms=terms, fast=terms is None):
+            if out.z is not None:
+                zs.append(out.z)
                 if with_prior:
-                    log_pz = log_pz + level.split.log_prob(h, z)
+                    log_pz = log_pz + out.level.split.log_prob(out.h, out.z)
                     if terms is not None:
-                        parts = _gaussian_terms(z, *level.split.prior_params(h))
-                        terms.extend(FlowTerm(index, None, k, v) for k, v in zip(PRIOR_TERMS, parts))
+                        parts = _gaussian_terms(out.z, *out.level.split.prior_params(out.h))
+                        terms.extend(FlowTerm(out.index, None, k, v) for k, v in zip(PRIOR_TERMS, parts))
+        h, logdet = out.h, out.logdet
         zs.append(h)
         if with_prior:
             mean, log_std = self._top_prior_params(h)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -35,8 +35,8 @@ from ood_core import data, metrics, names, units
 from ood_core import generative_scores as gsc
 from ood_core.artifacts import ArtifactStore, content_digest
 from ood_core.families import training_images
-from ood_core.experiment import LikelihoodRun, Trained, evaluation_sets, export, heldout_set
-from ood_core.experiment import published as _published_folder
+from ood_core.experiment import LikelihoodRun, Published, Trained, evaluation_sets, export, heldout_set
+from ood_core.experiment import published_folder
 from ood_core.experiment import train_or_load
 
 #: Score terms kept in committed results (per example, float32): enough to redraw every table.
@@ -80,32 +80,13 @@ def likelihood_table(run: LikelihoodRun, set_names: Mapping[str, str],
     return pd.DataFrame(rows).set_index(names.SET)
 
 
-class _Tabulated:
-    """What live and published evaluations share: the set names, per-example scores and tables."""
-
-    run: LikelihoodRun
-    scores: dict[str, dict[str, np.ndarray]]
-
-    @property
-    def names(self) -> dict[str, str]:
-        raise NotImplementedError
-
-    @property
-    def table(self) -> pd.DataFrame:
-        return likelihood_table(self.run, self.names, self.scores)
-
-    def column(self, term: str = "bpd") -> dict[str, np.ndarray]:
-        """``{set display name: per-example values of term}`` for histograms."""
-        return {self.names[k]: v[term] for k, v in self.scores.items()}
-
-    def row(self, key: str) -> pd.Series:
-        """The table row of the set ``key`` (``names.ID_TEST``, ``"mnist"``, ...)."""
-        return self.table.loc[self.names[key]]
-
-
 @dataclass
-class LikelihoodEvaluation(_Tabulated):
-    """A trained run scored on its evaluation sets: what every likelihood chapter starts from."""
+class LikelihoodEvaluation:
+    """A trained run scored on its evaluation sets: what every likelihood chapter starts from.
+
+    Its committed counterpart (no model, no images) is :class:`ood_core.experiment.Published`, with
+    the same ``names``, ``scores``, ``table``, ``column`` and ``row``.
+    """
 
     trained: Trained
     sets: dict[str, data.ImageSet]
@@ -120,24 +101,17 @@ class LikelihoodEvaluation(_Tabulated):
     def names(self) -> dict[str, str]:
         return {k: s.name for k, s in self.sets.items()}
 
-
-@dataclass
-class Published(_Tabulated):
-    """Committed paper-profile results of a run (``results/``): scores, curves, meta; no model."""
-
-    run: LikelihoodRun
-    set_names: dict[str, str]
-    scores: dict[str, dict[str, np.ndarray]]
-    history: pd.DataFrame
-    meta: dict = field(default_factory=dict)
-
     @property
-    def names(self) -> dict[str, str]:
-        return self.set_names
+    def table(self) -> pd.DataFrame:
+        return likelihood_table(self.run, self.names, self.scores)
 
-    @property
-    def hardware(self) -> str:
-        return self.meta.get("hardware", {}).get("gpu", "CPU")
+    def column(self, term: str = "bpd") -> dict[str, np.ndarray]:
+        """``{set display name: per-example values of term}`` for histograms."""
+        return {self.names[k]: v[term] for k, v in self.scores.items()}
+
+    def row(self, key: str) -> pd.Series:
+        """The table row of the set ``key`` (``names.ID_TEST``, ``"mnist"``, ...)."""
+        return self.table.loc[self.names[key]]
 
 
 def evaluate(run: LikelihoodRun, n_eval: int | None, ood, seed: int = 0, store: ArtifactStore | None = None,
@@ -161,7 +135,7 @@ def export_results(ev: LikelihoodEvaluation, root=None) -> str:
 
 def published(run: LikelihoodRun) -> Published | None:
     """Paper-profile results committed under ``results/`` for ``run``, or None when absent."""
-    folder = _published_folder("glow_results", run)
+    folder = published_folder("glow_results", run)
     if folder is None:
         return None
     with np.load(folder / "arrays.npz", allow_pickle=False) as z:
@@ -169,8 +143,9 @@ def published(run: LikelihoodRun) -> Published | None:
     info = json.loads((folder / "summary.json").read_text())
     scores = {k: {term: arrays[f"{k}|{term}"].astype(np.float64) for term in _EXPORTED_TERMS if f"{k}|{term}" in arrays}
               for k in info["names"]}
-    return Published(run, info["names"], scores, pd.DataFrame(info["history"]),
-                     json.loads((folder / "meta.json").read_text()))
+    return Published(run, pd.DataFrame(info["history"]), json.loads((folder / "meta.json").read_text()),
+                     tables={"likelihood": likelihood_table(run, info["names"], scores)}, scores=scores,
+                     set_names=info["names"])
 
 
 # ------------------------------------------------------------------------------------- ensembles

@@ -602,72 +602,107 @@ def train(
     docstring). A checkpoint is written every ``checkpoint_every`` steps, at the end of each
     epoch and at the last step. ``device`` defaults to the device of the model's parameters.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
-    evaluators = dict(evaluators or {})
-    reserved = {"step", "epoch", "train_loss", "lr", "time_s"} & set(evaluators)
-    if reserved:
-        raise ValueError(
-            f"Evaluator names {sorted(reserved)} clash with history keys; rename them."
+    trainer = _Trainer(model, loss_fn, train_data, config, workdir, evaluators, batch_transform, device)
+    trainer.resume_or_start(init_fn)
+    trainer.prepare_steps()
+    return trainer.run(progress)
+
+
+class _Trainer:
+    """One call of :func:`train`, in the order it runs: ``__init__`` (check the arguments, place the
+    model, build the sampler and the optimizer), :meth:`resume_or_start` (the checkpoint or the
+    data-dependent initialisation), :meth:`prepare_steps` (DDP wrapping, autocast) and :meth:`run`
+    (the loop: :meth:`train_step` per batch, :meth:`record` and :meth:`save` when due)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_data: Dataset,
+        config: TrainConfig,
+        workdir: str | os.PathLike[str],
+        evaluators: Mapping[str, Evaluator] | None,
+        batch_transform: BatchTransform | None,
+        device: str | torch.device | None,
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+        self.evaluators = dict(evaluators or {})
+        reserved = {"step", "epoch", "train_loss", "lr", "time_s"} & set(self.evaluators)
+        if reserved:
+            raise ValueError(
+                f"Evaluator names {sorted(reserved)} clash with history keys; rename them."
+            )
+        self.call_start = time.perf_counter()
+        self.rank, self.world_size = _world()
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = workdir / CHECKPOINT_NAME
+        self.model, self.loss_fn, self.train_data, self.config = model, loss_fn, train_data, config
+        self.batch_transform = batch_transform
+
+        self.device = _resolve_device(model, device)
+        model.to(self.device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.num_examples = len(train_data)
+        self.sampler = ShardedEpochSampler(
+            self.num_examples, config.batch_size, seed=config.seed, rank=self.rank, world_size=self.world_size
         )
-    call_start = time.perf_counter()
-    rank, world_size = _world()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = workdir / CHECKPOINT_NAME
+        self.steps_per_epoch = len(self.sampler)
+        if self.steps_per_epoch == 0:
+            raise TrainConfigError(
+                f"The training set has {self.num_examples} examples, fewer than batch_size="
+                f"{config.batch_size}; lower the batch size or use more data."
+            )
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.stop_step = min(self.total_steps, config.max_steps) if config.max_steps else self.total_steps
 
-    device = _resolve_device(model, device)
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    num_examples = len(train_data)
-    sampler = ShardedEpochSampler(
-        num_examples, config.batch_size, seed=config.seed, rank=rank, world_size=world_size
-    )
-    steps_per_epoch = len(sampler)
-    if steps_per_epoch == 0:
-        raise TrainConfigError(
-            f"The training set has {num_examples} examples, fewer than batch_size="
-            f"{config.batch_size}; lower the batch size or use more data."
-        )
-    total_steps = config.epochs * steps_per_epoch
-    stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(
+                "The model has no trainable parameters (requires_grad=True); nothing to train."
+            )
+        self.optimizer = _build_optimizer(self.params, config)
+        self.state = _State()
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(
-            "The model has no trainable parameters (requires_grad=True); nothing to train."
-        )
-    optimizer = _build_optimizer(params, config)
-    state = _State()
+        if self.rank == 0:
+            for stale in workdir.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):  # left by a killed save
+                stale.unlink(missing_ok=True)
 
-    if rank == 0:
-        for stale in workdir.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):  # left by a killed save
-            stale.unlink(missing_ok=True)
+    # -- before the first step -----------------------------------------------------------------
 
-    if checkpoint_path.is_file():
-        checkpoint = _load_checkpoint(checkpoint_path)
+    def resume_or_start(self, init_fn: InitFn | None) -> None:
+        """Continue from the checkpoint in the workdir if there is one, else seed and initialise."""
+        if self.checkpoint_path.is_file():
+            self._resume(_load_checkpoint(self.checkpoint_path))
+        else:
+            self._start(init_fn)
+        self.resumed_from = self.state.step
+
+    def _resume(self, checkpoint: dict[str, Any]) -> None:
+        config, rank = self.config, self.rank
         differences = _config_differences(checkpoint["config"], config.to_dict())
-        if checkpoint.get("num_examples") != num_examples:
+        if checkpoint.get("num_examples") != self.num_examples:
             differences.append(
-                f"num_examples: checkpoint={checkpoint.get('num_examples')}, now={num_examples}"
+                f"num_examples: checkpoint={checkpoint.get('num_examples')}, now={self.num_examples}"
             )
         if differences:
             raise CheckpointMismatchError(
-                f"{checkpoint_path} was written by a different run ({'; '.join(differences)}). "
+                f"{self.checkpoint_path} was written by a different run ({'; '.join(differences)}). "
                 "Use a new workdir for this configuration, or delete the old checkpoint to "
                 "start over."
             )
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
         rng_states = checkpoint["rng"]
-        if len(rng_states) == world_size:
-            _restore_rng(rng_states[rank], device)
+        if len(rng_states) == self.world_size:
+            _restore_rng(rng_states[rank], self.device)
         elif rank == 0:  # another world size: rank 0 keeps its stream, the others are reseeded
-            _restore_rng(rng_states[0], device)
+            _restore_rng(rng_states[0], self.device)
         else:
             torch.manual_seed(derive_seed(config.seed, "torch", rank, checkpoint["step"]))
-        state = _State(
+        self.state = _State(
             step=checkpoint["step"],
             history=list(checkpoint["history"]),
             loss_sum=checkpoint["loss_window"]["sum"],
@@ -675,57 +710,138 @@ def train(
             time_s=checkpoint["time_s"],
             last_lr=checkpoint["scheduler"]["last_lr"],
         )
-        logger.info("Resuming from %s at step %d of %d.", checkpoint_path, state.step, stop_step)
-    else:
-        torch.manual_seed(derive_seed(config.seed, "torch", rank))
+        logger.info("Resuming from %s at step %d of %d.", self.checkpoint_path, self.state.step, self.stop_step)
+
+    def _start(self, init_fn: InitFn | None) -> None:
+        config = self.config
+        torch.manual_seed(derive_seed(config.seed, "torch", self.rank))
         if init_fn is not None:
-            global_sampler = ShardedEpochSampler(num_examples, config.batch_size, seed=config.seed)
+            global_sampler = ShardedEpochSampler(self.num_examples, config.batch_size, seed=config.seed)
             first_indices = global_sampler.rank_indices(global_sampler.permutation(0), 0)
-            first = _fetch_batch(train_data, first_indices, device)
-            if batch_transform is not None:
-                first = batch_transform(first, _generator(device, config.seed, "init"))
-            model.train()
+            first = _fetch_batch(self.train_data, first_indices, self.device)
+            if self.batch_transform is not None:
+                first = self.batch_transform(first, _generator(self.device, config.seed, "init"))
+            self.model.train()
             with torch.no_grad():
-                init_fn(model, first)
-    resumed_from = state.step
+                init_fn(self.model, first)
 
-    ddp: nn.Module | None = None
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    def prepare_steps(self) -> None:
+        """Wrap the loss in DDP when there are several ranks; decide autocast; note the last checkpoint."""
+        self.ddp: nn.Module | None = None
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(
-            _LossModule(model, loss_fn),
-            device_ids=[device.index] if device.type == "cuda" else None,
+            self.ddp = DistributedDataParallel(
+                _LossModule(self.model, self.loss_fn),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+        config, device_type = self.config, self.device.type
+        self.use_autocast = (config.amp_bf16 and device_type == "cuda") or (config.amp_bf16_cpu and device_type == "cpu")
+        self.last_saved: Path | None = self.checkpoint_path if self.checkpoint_path.is_file() else None
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, progress: bool) -> TrainResult:
+        """Step until ``stop_step``, recording and checkpointing when due; the call's result."""
+        config, state, steps_per_epoch = self.config, self.state, self.steps_per_epoch
+        self.model.train()
+        permutation: torch.Tensor | None = None
+        permutation_epoch = -1
+        step = state.step
+        with tqdm(
+            total=self.stop_step,
+            initial=step,
+            desc="train",
+            disable=not progress or self.rank != 0,
+            dynamic_ncols=True,
+        ) as bar:
+            while step < self.stop_step:
+                epoch, batch_index = divmod(step, steps_per_epoch)
+                if epoch != permutation_epoch:
+                    permutation, permutation_epoch = self.sampler.permutation(epoch), epoch
+                loss_value, lr = self.train_step(step, self.sampler.rank_indices(permutation, batch_index))
+                step += 1
+                state.step = step
+                state.last_lr = lr
+                state.loss_sum += loss_value
+                state.loss_count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}", refresh=False)
+                logger.debug("step %d loss %.6g lr %.3g", step, loss_value, lr)
+
+                end_of_epoch = step % steps_per_epoch == 0
+                last = step == self.stop_step
+                if end_of_epoch or last or (config.eval_every and step % config.eval_every == 0):
+                    self.record(step)
+                checkpoint_due = config.checkpoint_every and step % config.checkpoint_every == 0
+                if end_of_epoch or last or checkpoint_due:
+                    self.save(step)
+
+        wall = time.perf_counter() - self.call_start
+        return TrainResult(
+            history=list(state.history),
+            steps=step,
+            wall_time_s=wall,
+            checkpoint_path=self.last_saved,
+            resumed_from_step=self.resumed_from,
         )
-    use_autocast = (config.amp_bf16 and device.type == "cuda") or (config.amp_bf16_cpu and device.type == "cpu")
-    last_saved: Path | None = checkpoint_path if checkpoint_path.is_file() else None
 
-    def elapsed() -> float:
-        return state.time_s + time.perf_counter() - call_start
+    def train_step(self, step: int, indices: torch.Tensor) -> tuple[float, float]:
+        """One optimiser step on this rank's share of batch ``step``: ``(mean loss over ranks, lr)``."""
+        config, device = self.config, self.device
+        batch = _fetch_batch(self.train_data, indices, device)
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch, _generator(device, config.seed, "batch", step, self.rank))
 
-    def record(step: int) -> None:
-        def measure() -> dict[str, Any]:
-            entry: dict[str, Any] = {
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                "train_loss": state.loss_sum / max(1, state.loss_count),
-                "lr": state.last_lr,
-            }
-            if evaluators:
-                model.eval()
-                try:
-                    with _forked_rng(device), torch.no_grad():
-                        for name, evaluate in evaluators.items():
-                            entry[name] = float(evaluate(model))
-                finally:
-                    model.train()
-            entry["time_s"] = elapsed()
-            return entry
+        lr = lr_at_step(step, config, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=self.use_autocast
+        ):
+            loss = self.ddp(*batch) if self.ddp is not None else self.loss_fn(self.model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise ValueError(
+                "loss_fn must return a scalar tensor (reduce per-example losses with .mean()), "
+                f"got {type(loss).__name__} with shape {getattr(loss, 'shape', None)}."
+            )
+        loss_value = _mean_over_ranks(loss.detach(), self.world_size)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"Loss is {loss_value} at step {step + 1}; stopped before the update, "
+                f"{_last_good(self.last_saved)}. Lower lr, enable grad_clip, or check the "
+                "ActNorm/data-dependent initialisation.",
+                step=step + 1,
+                checkpoint_path=self.last_saved,
+            )
+        loss.backward()
+        if config.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(
+                    f"Gradient norm is {grad_norm.item()} at step {step + 1}; stopped before "
+                    f"the update, {_last_good(self.last_saved)}. Lower lr or check the model for "
+                    "operations with unbounded gradients.",
+                    step=step + 1,
+                    checkpoint_path=self.last_saved,
+                )
+        self.optimizer.step()
+        return loss_value, lr
 
-        entry = _rank0_then_share(measure, rank, world_size)
+    # -- history and checkpoints ---------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Training wall time of this run so far, earlier calls included."""
+        return self.state.time_s + time.perf_counter() - self.call_start
+
+    def record(self, step: int) -> None:
+        """Append a history entry (measured on rank 0, shared with the others); reset the loss window."""
+        state = self.state
+        entry = _rank0_then_share(lambda: self._measure(step), self.rank, self.world_size)
         state.history.append(entry)
         state.loss_sum, state.loss_count = 0.0, 0
-        if rank == 0:
+        if self.rank == 0:
             logger.info(
                 "step %d (epoch %.2f): %s",
                 step,
@@ -733,133 +849,72 @@ def train(
                 ", ".join(f"{k}={v:.5g}" for k, v in entry.items() if k not in ("step", "epoch")),
             )
 
-    def save(step: int) -> None:
-        nonlocal last_saved
-        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    def _measure(self, step: int) -> dict[str, Any]:
+        state, model = self.state, self.model
+        entry: dict[str, Any] = {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "train_loss": state.loss_sum / max(1, state.loss_count),
+            "lr": state.last_lr,
+        }
+        if self.evaluators:
+            model.eval()
+            try:
+                with _forked_rng(self.device), torch.no_grad():
+                    for name, evaluate in self.evaluators.items():
+                        entry[name] = float(evaluate(model))
+            finally:
+                model.train()
+        entry["time_s"] = self.elapsed()
+        return entry
+
+    def save(self, step: int) -> None:
+        """Write the checkpoint (rank 0, atomically) unless a parameter became non-finite."""
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise NonFiniteLossError(
                 f"Parameters {bad[:5]} became non-finite by step {step}; the checkpoint was not "
-                f"overwritten ({_last_good(last_saved)}). Lower lr, enable grad_clip, or check "
+                f"overwritten ({_last_good(self.last_saved)}). Lower lr, enable grad_clip, or check "
                 "the ActNorm/data-dependent initialisation.",
                 step=step,
-                checkpoint_path=last_saved,
+                checkpoint_path=self.last_saved,
             )
-        rng = [_capture_rng(device)]
-        if world_size > 1:
-            gathered: list[Any] = [None] * world_size
+        rng = [_capture_rng(self.device)]
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, rng[0])
             rng = gathered
+        _rank0_then_share(lambda: _atomic_save(self._checkpoint(step, rng), self.checkpoint_path),
+                          self.rank, self.world_size)
+        self.last_saved = self.checkpoint_path
 
-        def write() -> None:
-            _atomic_save(
-                {
-                    "format_version": _CHECKPOINT_FORMAT,
-                    "config": config.to_dict(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": {
-                        "schedule": config.schedule,
-                        "warmup_steps": config.warmup_steps,
-                        "total_steps": total_steps,
-                        "last_lr": state.last_lr,
-                    },
-                    "step": step,
-                    "epoch": step // steps_per_epoch,
-                    "batch_in_epoch": step % steps_per_epoch,
-                    "num_examples": num_examples,
-                    "world_size": world_size,
-                    "history": state.history,
-                    "loss_window": {"sum": state.loss_sum, "count": state.loss_count},
-                    "rng": [
-                        {k: (v.cpu() if v is not None else None) for k, v in r.items()}
-                        for r in rng
-                    ],
-                    "time_s": elapsed(),
-                },
-                checkpoint_path,
-            )
-
-        _rank0_then_share(write, rank, world_size)
-        last_saved = checkpoint_path
-
-    model.train()
-    permutation: torch.Tensor | None = None
-    permutation_epoch = -1
-    step = state.step
-    with tqdm(
-        total=stop_step,
-        initial=step,
-        desc="train",
-        disable=not progress or rank != 0,
-        dynamic_ncols=True,
-    ) as bar:
-        while step < stop_step:
-            epoch, batch_index = divmod(step, steps_per_epoch)
-            if epoch != permutation_epoch:
-                permutation, permutation_epoch = sampler.permutation(epoch), epoch
-            batch = _fetch_batch(train_data, sampler.rank_indices(permutation, batch_index), device)
-            if batch_transform is not None:
-                batch = batch_transform(batch, _generator(device, config.seed, "batch", step, rank))
-
-            lr = lr_at_step(step, config, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(
-                device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast
-            ):
-                loss = ddp(*batch) if ddp is not None else loss_fn(model, batch)
-            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                raise ValueError(
-                    "loss_fn must return a scalar tensor (reduce per-example losses with .mean()), "
-                    f"got {type(loss).__name__} with shape {getattr(loss, 'shape', None)}."
-                )
-            loss_value = _mean_over_ranks(loss.detach(), world_size)
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"Loss is {loss_value} at step {step + 1}; stopped before the update, "
-                    f"{_last_good(last_saved)}. Lower lr, enable grad_clip, or check the "
-                    "ActNorm/data-dependent initialisation.",
-                    step=step + 1,
-                    checkpoint_path=last_saved,
-                )
-            loss.backward()
-            if config.grad_clip is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    raise NonFiniteLossError(
-                        f"Gradient norm is {grad_norm.item()} at step {step + 1}; stopped before "
-                        f"the update, {_last_good(last_saved)}. Lower lr or check the model for "
-                        "operations with unbounded gradients.",
-                        step=step + 1,
-                        checkpoint_path=last_saved,
-                    )
-            optimizer.step()
-            step += 1
-            state.step = step
-            state.last_lr = lr
-            state.loss_sum += loss_value
-            state.loss_count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}", refresh=False)
-            logger.debug("step %d loss %.6g lr %.3g", step, loss_value, lr)
-
-            end_of_epoch = step % steps_per_epoch == 0
-            last = step == stop_step
-            if end_of_epoch or last or (config.eval_every and step % config.eval_every == 0):
-                record(step)
-            checkpoint_due = config.checkpoint_every and step % config.checkpoint_every == 0
-            if end_of_epoch or last or checkpoint_due:
-                save(step)
-
-    wall = time.perf_counter() - call_start
-    return TrainResult(
-        history=list(state.history),
-        steps=step,
-        wall_time_s=wall,
-        checkpoint_path=last_saved,
-        resumed_from_step=resumed_from,
-    )
+    def _checkpoint(self, step: int, rng: list[dict[str, torch.Tensor | None]]) -> dict[str, Any]:
+        """What ``checkpoint.pt`` holds (format :data:`_CHECKPOINT_FORMAT`)."""
+        config, state = self.config, self.state
+        return {
+            "format_version": _CHECKPOINT_FORMAT,
+            "config": config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {
+                "schedule": config.schedule,
+                "warmup_steps": config.warmup_steps,
+                "total_steps": self.total_steps,
+                "last_lr": state.last_lr,
+            },
+            "step": step,
+            "epoch": step // self.steps_per_epoch,
+            "batch_in_epoch": step % self.steps_per_epoch,
+            "num_examples": self.num_examples,
+            "world_size": self.world_size,
+            "history": state.history,
+            "loss_window": {"sum": state.loss_sum, "count": state.loss_count},
+            "rng": [
+                {k: (v.cpu() if v is not None else None) for k, v in r.items()}
+                for r in rng
+            ],
+            "time_s": self.elapsed(),
+        }
 
 
 def _generator(device: torch.device, *parts: object) -> torch.Generator:

@@ -13,14 +13,14 @@ from torch.utils.data import TensorDataset
 
 from _flow_checks import check_flow, jacobian_logdet, perturb_parameters
 from ood_core.feature_flow import (
+    CouplingMLP,
     FeatureFlow,
     FeatureFlowConfig,
-    VectorCoupling,
     feature_flow_nll,
     feature_flow_scores,
     initialize_feature_flow,
 )
-from ood_core.flows import ActNorm
+from ood_core.flows import ActNorm, Coupling
 from ood_core.train import TrainConfig, train
 
 GRID = [
@@ -110,13 +110,13 @@ def test_additive_coupling_has_an_input_independent_logdet():
     flow = _ready_flow(coupling="additive")
     _, logdet = flow(_features(20, seed=3))
     torch.testing.assert_close(logdet, logdet[:1].expand(20), atol=1e-12, rtol=0)
-    coupling = VectorCoupling(6, 8, coupling="additive").double()
+    coupling = Coupling(6, 8, coupling="additive", net=CouplingMLP).double()
     perturb_parameters(coupling, 0.1, torch.Generator().manual_seed(0))
     assert torch.equal(coupling(torch.randn(4, 6, dtype=torch.float64))[1], torch.zeros(4, dtype=torch.float64))
 
 
 def test_zero_initialised_couplings_start_as_a_constant_scaling():
-    coupling = VectorCoupling(5, 8, coupling="affine").double()
+    coupling = Coupling(5, 8, coupling="affine", net=CouplingMLP).double()
     x = torch.randn(7, 5, dtype=torch.float64)
     y, logdet = coupling(x)
     s = torch.sigmoid(torch.tensor(2.0, dtype=torch.float64))

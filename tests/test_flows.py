@@ -263,6 +263,21 @@ def _tiny_config(**overrides) -> GlowConfig:
     return GlowConfig(**base)
 
 
+def test_walk_yields_forwards_latents_and_logdet_level_by_level():
+    model = _ready_glow(_tiny_config(levels=3, image_shape=(2, 8, 8)))
+    x = _data((3, 2, 8, 8), seed=7) * 0.3
+    zs, logdet = model(x)
+    outs = list(model.walk(x))
+    assert [o.index for o in outs] == [0, 1, 2] and outs[-1].z is None and outs[-1].level.split is None
+    for o, z in zip(outs, zs):
+        torch.testing.assert_close(o.z if o.z is not None else o.h, z)
+    torch.testing.assert_close(outs[-1].logdet, logdet)
+    # lazily: taking one level runs one level
+    first = next(model.walk(x))
+    torch.testing.assert_close(first.h, outs[0].h)
+    assert tuple(first.h.shape[1:]) == (4, 4, 4)  # kept half of the 8 squeezed channels
+
+
 def test_glow_state_dict_round_trip_keeps_outputs_and_skips_reinit():
     torch.manual_seed(0)
     config = _tiny_config(image_shape=(3, 8, 8))
