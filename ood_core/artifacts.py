@@ -102,7 +102,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "per-example exact log-likelihoods of a PixelCNN on one image set"),
     Kind("classifier_features", 3, ("ood_core.classifiers", "ood_core.scores:compute_logits_and_features"),
          "penultimate features and logits of one image set"),
-    Kind("classifier_tables", 4, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
+    Kind("classifier_tables", 5, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
                                   "ood_core.classifier_study"),
          "benchmark, percentile-sweep, local-vs-global and where-to-ASH tables of one evaluation"),
     Kind("feature_flow", 1, ("ood_core.feature_flow", "ood_core.train", "ood_core.experiment:train_feature_flow"),
