@@ -46,7 +46,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,9 @@ __all__ = [
     "EXP_SCALED_PARTS",
     "LOG_HEADROOM",
     "SHAPERS",
+    "SHAPER_REGISTRY",
+    "SHAPER_TITLES",
+    "Shaper",
     "ash_b",
     "ash_b_global",
     "ash_p",
@@ -76,8 +80,10 @@ __all__ = [
     "num_kept",
     "react",
     "react_threshold",
+    "register_shaper",
     "scale",
     "scale_parts",
+    "unregister_shaper",
 ]
 
 logger = logging.getLogger(__name__)
@@ -424,20 +430,103 @@ def react_threshold(train_activations: Any, percentile: float = 90.0) -> float:
 
 # ------------------------------------------------------------------------------------ registry
 
-SHAPERS: dict[str, Callable[..., Tensor]] = {
-    "ash_p": ash_p,
-    "ash_b": ash_b,
-    "ash_s": ash_s,
-    "ash_rand": ash_rand,
-    "scale": scale,
-}
+
+@dataclass(frozen=True)
+class Shaper:
+    """A registered activation shaper: the one entry everything else about it derives from.
+
+    ``fn(x, percentile, **kwargs)`` shapes a tensor; ``title`` names it in tables (``"ASH-S"``; detector
+    titles add the percentile, ``"ASH-S@95"``); ``percentile`` is its default in detector specs;
+    ``exp_parts`` (``(x, percentile) -> (base, r)`` with ``fn(x, p) = base * exp(r)``) marks the
+    exp-scaled shapers, which :func:`ood_core.scores.ash_energy` and the detectors score in float64;
+    ``seeded`` shapers draw random numbers and take a ``generator``. :data:`SHAPERS`,
+    :data:`EXP_SCALED_PARTS`, :data:`SHAPER_TITLES`, the detector specs of :mod:`ood_core.detectors` and
+    ``classifier_study.SHAPER_NAMES`` are views of :data:`SHAPER_REGISTRY`.
+    """
+
+    name: str
+    title: str
+    fn: Callable[..., Tensor]
+    percentile: float
+    doc: str = ""
+    exp_parts: Callable[[Tensor, float], tuple[Tensor, Tensor]] | None = None
+    seeded: bool = False
+
+    def __post_init__(self):
+        _check_percentile(self.percentile)
+
+    def shape(self, x: Tensor, percentile: float, seed: int = 0) -> tuple[Tensor, Tensor | None]:
+        """``(base, r)``: the factored form of an exp-scaled shaper, else ``(fn(x, p), None)``.
+
+        A seeded shaper draws from a generator seeded with ``seed`` afresh on every call.
+        """
+        if self.exp_parts is not None:
+            return self.exp_parts(x, percentile)
+        kw = {"generator": torch.Generator().manual_seed(seed)} if self.seeded else {}
+        return self.fn(x, percentile, **kw), None
+
+
+#: Every shaper, by the name used in detector specs (``"ash_s@95"``), in registration order
+#: (:func:`register_shaper` adds more).
+SHAPER_REGISTRY: dict[str, Shaper] = {s.name: s for s in (
+    Shaper("ash_p", "ASH-P", ash_p, 90.0, "ASH-P (Djurisic et al. 2023)"),
+    Shaper("ash_b", "ASH-B", ash_b, 95.0, "ASH-B (Djurisic et al. 2023)"),
+    Shaper("ash_s", "ASH-S", ash_s, 95.0, "ASH-S (Djurisic et al. 2023)", exp_parts=ash_s_parts),
+    Shaper("ash_rand", "ASH-RAND", ash_rand, 90.0, "ASH-RAND (Djurisic et al. 2023), U(0, 10) at kept positions",
+           seeded=True),
+    Shaper("scale", "SCALE", scale, 85.0, "SCALE (Xu et al. 2024): ASH-S's exp(s1/s2) on the unpruned features",
+           exp_parts=scale_parts),
+)}
+
+
+def register_shaper(shaper: Shaper) -> Shaper:
+    """Add ``shaper`` to :data:`SHAPER_REGISTRY` (and so to every view of it); a taken name is refused."""
+    if shaper.name in SHAPER_REGISTRY:
+        raise ValueError(f"a shaper named {shaper.name!r} is already registered")
+    SHAPER_REGISTRY[shaper.name] = shaper
+    return shaper
+
+
+def unregister_shaper(name: str) -> Shaper:
+    """Remove and return the shaper ``name`` (tests that register one clean up with it)."""
+    if name not in SHAPER_REGISTRY:
+        raise ValueError(f"no shaper {name!r} is registered; registered: {', '.join(SHAPER_REGISTRY)}")
+    return SHAPER_REGISTRY.pop(name)
+
+
+class _View(Mapping):
+    """A read-only mapping ``{name: field of the shaper}`` over :data:`SHAPER_REGISTRY`, always current."""
+
+    def __init__(self, value: Callable[[Shaper], Any], keep: Callable[[Shaper], bool] = lambda s: True):
+        self._value, self._keep = value, keep
+
+    def _items(self) -> dict[str, Any]:
+        return {n: self._value(s) for n, s in SHAPER_REGISTRY.items() if self._keep(s)}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._items()[name]
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
+#: The shaper functions ``(x, percentile, **kwargs) -> Tensor`` by name (a view of :data:`SHAPER_REGISTRY`).
+SHAPERS: Mapping[str, Callable[..., Tensor]] = _View(lambda s: s.fn)
 
 #: The shapers of the form ``base * exp(r)``, by the name used in :data:`SHAPERS`, as functions
 #: ``(x, percentile) -> (base, r)``; :func:`ood_core.scores.ash_energy` scores them in float64.
-EXP_SCALED_PARTS: dict[str, Callable[[Tensor, float], tuple[Tensor, Tensor]]] = {
-    "ash_s": ash_s_parts,
-    "scale": scale_parts,
-}
+EXP_SCALED_PARTS: Mapping[str, Callable[[Tensor, float], tuple[Tensor, Tensor]]] = _View(
+    lambda s: s.exp_parts, keep=lambda s: s.exp_parts is not None)
+
+#: The shapers' names in tables (``"ASH-S"``), by name.
+SHAPER_TITLES: Mapping[str, str] = _View(lambda s: s.title)
+
 
 
 def make_shaper(name: str, percentile: float, **kwargs: Any) -> Callable[[Tensor], Tensor]:

@@ -5,7 +5,9 @@ detector specs (:mod:`ood_core.detectors`). :func:`requirements` reads from the 
 they need -- likelihood *roles* (``"glow"``, ``"cv_glow"``, ``"background"``, ``"vae"``,
 ``"pixelcnn"``, ``"pixelcnn_background"``) and the classifier -- and :func:`context` trains or loads
 only those, through the profile's **role table** (:func:`unified_roles` for the unified benchmark,
-:func:`seed_roles` for the seed study), and returns the :class:`ood_core.detectors.Context`.
+:func:`seed_roles` for the seed study), and returns the :class:`ood_core.detectors.Context`. The role
+tables are derived from the model families (:attr:`ood_core.families.Family.benchmark`), so a registered
+density family takes part without a change here.
 
 Chapters that show the same benchmark (the unified benchmark, the seed study, "what works
 instead") call the same function with the same arguments, so every model and score is computed
@@ -14,11 +16,10 @@ once and read from the artifact cache after that.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
 from ood_core import classifier_study as cs
-from ood_core import detectors
+from ood_core import detectors, families
 from ood_core import likelihood_study as ls
 from ood_core.experiment import LikelihoodRun
 
@@ -36,45 +37,54 @@ def requirements(specs: Iterable[str]) -> tuple[set[str], bool]:
     return roles, classifier
 
 
-def background(run: LikelihoodRun, rate: float, weight_decay: float = 0.0, **model_changes) -> LikelihoodRun:
-    """Ren et al.'s background model of ``run``: the same recipe (optionally resized), inputs with pixels
-    replaced at ``rate``, and an L2 penalty ``weight_decay`` on its weights."""
-    bg = run.background(rate, **model_changes)
-    return dataclasses.replace(bg, train=dataclasses.replace(bg.train, weight_decay=weight_decay))
+#: Ren et al.'s background model of a run (kept here for the chapters and tools that call it).
+background = families.background_run
 
 
 def unified_roles(P, dataset: str) -> RoleTable:
-    """The models of the unified benchmark for ``dataset`` (the chapters' runs and their variants)."""
-    U, run = P.unified, P.glow.runs[dataset]
-    n_glow, n_fam = P.glow.n_eval, P.families.n_eval
-    pixelcnn = P.families.pixelcnn[dataset]
-    return {
-        "glow": lambda: (run, n_glow),
-        "cv_glow": lambda: (run.with_model(coupling="additive"), n_glow),
-        "background": lambda: (background(run, U.background_rate, U.background_weight_decay,
-                                          steps=U.background_steps, width=U.background_width), n_glow),
-        "vae": lambda: (P.families.vae[dataset], n_fam),
-        "pixelcnn": lambda: (pixelcnn, n_fam),
-        "pixelcnn_background": lambda: (background(pixelcnn, U.pixelcnn_background_rate,
-                                                   U.pixelcnn_background_weight_decay), n_fam),
-    }
+    """The models of the unified benchmark for ``dataset``, from every likelihood family's
+    :class:`ood_core.families.Benchmark`: its run, its variants (``"cv_glow"``) and its background model."""
+    table: dict[str, Callable[[], tuple[LikelihoodRun, int | None]]] = {}
+    for fam in families.FAMILIES.values():
+        b = fam.benchmark
+        if b is None:
+            continue
+        table[fam.name] = lambda b=b: b.unified(P, dataset)
+        for role, changes in fam.variants.items():
+            table[role] = lambda b=b, changes=changes: _changed(b.unified(P, dataset), changes)
+        if b.background is not None:
+            table[fam.background_role] = lambda b=b: _background_of(b.background, P, b.unified(P, dataset))
+    return table
+
+
+def _changed(run_n: tuple[LikelihoodRun, int | None], changes) -> tuple[LikelihoodRun, int | None]:
+    run, n = run_n
+    return run.with_model(**changes), n
+
+
+def _background_of(make, P, run_n: tuple[LikelihoodRun, int | None]) -> tuple[LikelihoodRun, int | None]:
+    run, n = run_n
+    return make(P, run), n
 
 
 def seed_roles(P, dataset: str, train_seed: int, curve_sets: tuple[str, ...]) -> RoleTable:
-    """The seed study's small models on ``dataset`` trained with ``train_seed``."""
-    S, U = P.seeds, P.unified
+    """The seed study's small models on ``dataset`` trained with ``train_seed``: every likelihood family's
+    seed recipe (:attr:`ood_core.families.Benchmark.seed`) and its background model."""
+    n_eval = P.seeds.n_eval
 
     def on(run: LikelihoodRun) -> LikelihoodRun:
         return run.on(dataset, curve_sets).with_seed(train_seed)
 
-    return {
-        "glow": lambda: (on(S.glow), S.n_eval),
-        "vae": lambda: (on(S.vae), S.n_eval),
-        "pixelcnn": lambda: (on(S.pixelcnn), S.n_eval),
-        "pixelcnn_background": lambda: (on(background(S.pixelcnn, U.pixelcnn_background_rate,
-                                                      U.pixelcnn_background_weight_decay)), S.n_eval),
-        "background": lambda: (on(background(S.glow, U.background_rate, U.background_weight_decay)), S.n_eval),
-    }
+    table: dict[str, Callable[[], tuple[LikelihoodRun, int | None]]] = {}
+    for fam in families.FAMILIES.values():
+        b = fam.benchmark
+        if b is None or b.seed is None:
+            continue
+        table[fam.name] = lambda b=b: (on(b.seed(P)), n_eval)
+        make_bg = b.seed_background or b.background
+        if make_bg is not None:
+            table[fam.background_role] = lambda b=b, make_bg=make_bg: (on(make_bg(P, b.seed(P))), n_eval)
+    return table
 
 
 def context(roles: RoleTable, specs: Iterable[str], ood, classifier=None, n_fit=None, classifier_n_eval=None,

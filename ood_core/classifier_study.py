@@ -55,7 +55,8 @@ OPENOOD_NEAR, OPENOOD_FAR = ("cifar100", "tiny_imagenet"), ("mnist", "svhn", "te
 PAPER_METHODS = ("msp", "max_logit", "energy", "odin", "react", "dice", "mahalanobis", "ash_p@90", "ash_b@95",
                  "ash_s@95", "ash_rand@90", "ash_s@95+react", "ash_s@95+dice")
 
-SHAPER_NAMES = {"ash_p": "ASH-P", "ash_b": "ASH-B", "ash_s": "ASH-S", "ash_rand": "ASH-RAND", "scale": "SCALE"}
+#: The shapers' names in tables, by detector name (a view of :data:`ood_core.ash.SHAPER_REGISTRY`).
+SHAPER_NAMES = ash.SHAPER_TITLES
 #: The shapers of the ASH paper's percentile sweeps (Figs. 3/5); SCALE is added on request.
 SWEEP_SHAPERS = ("ash_p", "ash_b", "ash_s")
 

@@ -146,7 +146,7 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """List artifact kinds with their versions; report (or record) stale code fingerprints."""
-    from ood_core import artifacts
+    from ood_core import artifacts, families  # noqa: F401  (families registers the model families' kinds)
 
     if args.record:
         for name, rec in artifacts.record_fingerprints().items():

@@ -18,10 +18,16 @@ of the fit, ID and OOD sets; the trained model) and likelihood evaluations by ro
     "energy"  "ash_s@95"  "ash_s@95+react"  "react@80"  "knn:k=50"  "input_complexity:codec=png"
 
 ``name[@percentile][:option=value,...]``, parts joined by ``+`` compose classifier feature
-pipelines in a fixed order -- ReAct clipping, then one shaper (ASH-P/B/S/RAND, SCALE), then the
+pipelines in a fixed order -- a clip (ReAct), then one shaper (ASH-P/B/S/RAND, SCALE), then the
 head (DICE's sparsified layer or the plain one), scored with the energy -- so a detector's score and
-its ID accuracy always come from the *same* pipeline. Percentiles are in percent. Adding a
-detector = one class or function, one :data:`REGISTRY` line, and its test.
+its ID accuracy always come from the *same* pipeline. Percentiles are in percent.
+
+Adding a detector is one registration: a scoring detector is one class or function and one
+:data:`REGISTRY` entry; a clip or head is one :class:`Stage` (:func:`register_stage`), a shaper one
+:class:`ood_core.ash.Shaper` (:func:`ood_core.ash.register_shaper`), a density model one
+:class:`ood_core.families.Family` (:func:`ood_core.families.register`, which adds its ``"<role>"``
+log-likelihood detector and its role titles). :data:`REGISTRY` derives the pipeline stages' and the
+density families' entries from those registries (``tests/test_extension.py`` shows all three).
 
 **Suite and tables.** :class:`Suite` fits each detector once per context and runs any list of
 specs; :func:`score_table` (FPR95/AUROC/AUPR per set with a bootstrap interval on the AUROC),
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,7 +48,7 @@ import pandas as pd
 import torch
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
-from ood_core import ash, data, metrics, names, scores
+from ood_core import ash, data, families, metrics, names, scores
 from ood_core import generative_scores as gsc
 from ood_core.artifacts import content_digest
 
@@ -291,41 +297,161 @@ class LogitScore(ClassifierDetector):
         return self.fn(torch.from_numpy(feats["logits"]))
 
 
-class Pipeline(ClassifierDetector):
-    """``energy(head(shaper(clip(features))))``: ReAct clip, an ASH/SCALE shaper and DICE's head, each optional.
+#: ``(base, r)``: features after a shaper, ``base * exp(r)`` when ``r`` is a float64 ``[B]`` exponent
+#: (an exp-scaled shaper, scored exactly in float64), plain features when ``r`` is None.
+Shaped = tuple[torch.Tensor, "torch.Tensor | None"]
 
-    With none of the three it is the energy score of the cached logits (Liu et al. 2020). The ID
-    accuracy of the detector is the argmax of the *same* logits.
+
+def _no_state(train_features: torch.Tensor, model, percentile: float | None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a classifier feature pipeline: a clip, a shaper or a head (see :class:`Pipeline`).
+
+    ``name`` is its spec name, ``title`` its name in tables, ``percentile`` its default (None: it takes
+    none). ``fit(train_features [N, D], model, percentile) -> state`` learns from the ID training
+    features (default: nothing); ``apply(state, x, model, percentile, seed)`` runs it:
+
+    * ``role="clip"``: features ``[B, D]`` -> features ``[B, D]`` (ReAct's ``min(f, c)``);
+    * ``role="shaper"``: features -> :data:`Shaped` ``(base, r)`` (the ASH/SCALE shapers);
+    * ``role="head"``: :data:`Shaped` -> logits ``[B, K]`` (DICE's sparsified layer; without one, the
+      classifier's own head, :data:`PLAIN_HEAD`).
+
+    Titles: a shaper always shows its percentile (``"ASH-S@95"``), a clip or head only when it differs
+    from its default (``"ReAct"``, ``"ReAct@80"``). Register one with :func:`register_stage`; the ASH/SCALE
+    shapers are registered in :mod:`ood_core.ash` (:class:`ood_core.ash.Shaper`) and appear here as stages.
     """
 
-    def __init__(self, clip: float | None = None, shaper: Part | None = None, dice: float | None = None):
-        self.clip, self.shaper_part, self.dice = clip, shaper, dice
+    name: str
+    role: str
+    title: str
+    apply: Callable[..., Any]
+    fit: Callable[[torch.Tensor, Any, float | None], Any] = _no_state
+    percentile: float | None = None
+    doc: str = ""
+
+    def __post_init__(self):
+        if self.role not in STAGE_ROLES:
+            raise ValueError(f"a pipeline stage's role is one of {', '.join(STAGE_ROLES)}; got {self.role!r}")
+        if self.percentile is not None:
+            ash._check_percentile(self.percentile)
+
+    def part_title(self, percentile: float | None) -> str:
+        if self.role == "shaper" or (percentile is not None and percentile != self.percentile):
+            return f"{self.title}@{percentile:g}"
+        return self.title
+
+
+#: The roles of the pipeline stages, in the order they run.
+STAGE_ROLES = ("clip", "shaper", "head")
+
+
+def _react_fit(f, model, p):
+    return scores.ReAct(p).fit(f)
+
+
+def _dice_fit(f, model, p):
+    return scores.DICE(p).fit(f, model)
+
+
+def _dice_apply(dice, shaped: Shaped, model, p, seed):
+    base, r = shaped
+    if r is not None:  # ASH-S / SCALE: base * exp(r) through the sparsified layer in float64, exact for every p
+        return scores.exp_scaled_logits(model, base, r, mask=dice.mask_)
+    return dice.logits(model, base)
+
+
+def _plain_head_apply(state, shaped: Shaped, model, p, seed):
+    base, r = shaped
+    if r is not None:  # ASH-S / SCALE: base * exp(r) through a linear head in float64, exact for every p
+        return scores.exp_scaled_logits(model, base, r)
+    return scores.logits_from_features(model, base)
+
+
+#: The head of a pipeline without one: the classifier's own.
+PLAIN_HEAD = Stage("head", "head", "head", _plain_head_apply)
+
+_STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("react", "clip", "ReAct", lambda react, f, model, p, seed: react.transform(f), _react_fit, 90.0,
+          "ReAct clipping (Sun et al. 2021)"),
+    Stage("dice", "head", "DICE", _dice_apply, _dice_fit, 90.0, "DICE sparsified head (Sun & Li 2022)"),
+)}
+
+
+def _shaper_stage(shaper: ash.Shaper) -> Stage:
+    return Stage(shaper.name, "shaper", shaper.title, lambda state, f, model, p, seed: shaper.shape(f, p, seed),
+                 percentile=shaper.percentile, doc=shaper.doc)
+
+
+def stages() -> dict[str, Stage]:
+    """Every pipeline stage by spec name: the clips and heads registered here, then the shapers of
+    :data:`ood_core.ash.SHAPER_REGISTRY`."""
+    clips_heads = sorted(_STAGES.values(), key=lambda s: STAGE_ROLES.index(s.role))
+    return {**{s.name: s for s in clips_heads},
+            **{n: _shaper_stage(sh) for n, sh in ash.SHAPER_REGISTRY.items()}}
+
+
+def stage(name: str) -> Stage:
+    """The pipeline stage ``name``; a clear error naming the registered ones otherwise."""
+    registered = stages()
+    if name not in registered:
+        raise ValueError(f"unknown pipeline stage {name!r}; registered: {', '.join(registered)}")
+    return registered[name]
+
+
+def register_stage(new: Stage) -> Stage:
+    """Register a clip or head (shapers: :func:`ood_core.ash.register_shaper`); it becomes a detector spec
+    on its own and in combinations (``"myclip@80+ash_s@95"``)."""
+    if new.role == "shaper":
+        raise ValueError("shapers are registered in ood_core.ash (ash.register_shaper(ash.Shaper(...)))")
+    if new.name in REGISTRY:
+        raise ValueError(f"a detector named {new.name!r} is already registered")
+    _STAGES[new.name] = new
+    return new
+
+
+def unregister_stage(name: str) -> Stage:
+    if name not in _STAGES:
+        raise ValueError(f"no clip or head {name!r} is registered; registered: {', '.join(_STAGES)}")
+    return _STAGES.pop(name)
+
+
+class Pipeline(ClassifierDetector):
+    """``energy(head(shaper(clip(features))))``: a clip (ReAct), a shaper (ASH/SCALE) and a head (DICE's
+    sparsified layer), each optional, composed from their :class:`Stage` entries.
+
+    With none of the three it is the energy score of the cached logits (Liu et al. 2020). The ID
+    accuracy of the detector is the argmax of the *same* logits. Every stage is fitted on the raw ID
+    training features.
+    """
+
+    def __init__(self, parts: Iterable[Part] = ()):
+        self.parts = {}
+        for part in parts:
+            st = stage(part.name)
+            if st.role in self.parts:
+                raise ValueError(f"a pipeline has at most one {st.role}; got {part} and {self.parts[st.role][1]}")
+            self.parts[st.role] = (st, part)
 
     def fit_features(self, fit, model):
         f = torch.from_numpy(fit["features"])
-        self.react_ = scores.ReAct(self.clip).fit(f) if self.clip is not None else None
-        self.dice_ = scores.DICE(self.dice).fit(f, model) if self.dice is not None else None
-
-    def _shaper(self):
-        if self.shaper_part is None:
-            return None
-        kw = {"generator": torch.Generator().manual_seed(self.seed)} if self.shaper_part.name == "ash_rand" else {}
-        return ash.make_shaper(self.shaper_part.name, self.shaper_part.percentile, **kw)
+        self.states_ = {role: st.fit(f, model, part.percentile) for role, (st, part) in self.parts.items()}
 
     def logits(self, feats, model):
-        if self.react_ is None and self.shaper_part is None and self.dice_ is None:
+        if not self.parts:
             return torch.from_numpy(feats["logits"])
         f = torch.from_numpy(feats["features"])
-        if self.react_ is not None:
-            f = self.react_.transform(f)
-        if self.shaper_part is not None and self.shaper_part.name in ash.EXP_SCALED_PARTS:
-            # ASH-S / SCALE: base * exp(r) through a linear head in float64, exact for every p
-            base, r = ash.EXP_SCALED_PARTS[self.shaper_part.name](f, self.shaper_part.percentile)
-            return scores.exp_scaled_logits(model, base, r, mask=self.dice_.mask_ if self.dice_ is not None else None)
-        shaper = self._shaper()
-        if self.dice_ is not None:
-            return self.dice_.logits(model, f, shaper=shaper)
-        return scores.logits_from_features(model, f, shaper)
+        if "clip" in self.parts:
+            st, part = self.parts["clip"]
+            f = st.apply(self.states_["clip"], f, model, part.percentile, self.seed)
+        shaped = (f, None)
+        if "shaper" in self.parts:
+            st, part = self.parts["shaper"]
+            shaped = st.apply(self.states_["shaper"], f, model, part.percentile, self.seed)
+        st, part = self.parts.get("head", (PLAIN_HEAD, Part("head")))
+        return st.apply(self.states_.get("head"), shaped, model, part.percentile, self.seed)
 
     def score_features(self, feats, model):
         return scores.energy(self.logits(feats, model))
@@ -402,15 +528,16 @@ class LogLikelihood(Detector):
 class LikelihoodRatio(Detector):
     """Ren et al. (2019): ``log p_model(x) - log p_background(x)``.
 
-    The background model is the ``"<model>_background"`` likelihood role (``"background"`` for the
-    Glow): the model's recipe trained on inputs with pixels replaced at a rate mu.
+    The background model is the model's background role (:func:`ood_core.families.background_role_of`:
+    ``"background"`` for the Glow, ``"<model>_background"`` otherwise): the model's recipe trained on
+    inputs with pixels replaced at a rate mu.
     """
 
     family = names.GENERATIVE
 
     def __init__(self, model: str = "glow", background: str | None = None):
         self.model = model
-        self.background = background or ("background" if model == "glow" else f"{model}_background")
+        self.background = background or families.background_role_of(model)
 
     def score(self, ctx, key):
         return gsc.likelihood_ratio(ctx.likelihood(self.model).scores[key]["log_px"],
@@ -541,10 +668,7 @@ class Entry:
 
 
 def _pipeline(spec: Spec) -> Pipeline:
-    roles = {_entry(p.name).role: p for p in spec.parts}
-    clip, shaper, head = roles.get("clip"), roles.get("shaper"), roles.get("head")
-    return Pipeline(clip=clip.percentile if clip else None, shaper=shaper,
-                    dice=head.percentile if head else None)
+    return Pipeline(spec.parts)
 
 
 def _fixed(title: str) -> Callable[[Spec], str]:
@@ -556,33 +680,9 @@ def _fixed(title: str) -> Callable[[Spec], str]:
     return fn
 
 
-def _with_p(title: str, default: float) -> Callable[[Spec], str]:
-    """``"ReAct"`` at the default percentile, ``"ReAct@80"`` otherwise."""
-    def fn(spec: Spec) -> str:
-        p = spec.parts[0].percentile
-        return title if p == default else f"{title}@{p:g}"
-    return fn
-
-
-_PART_TITLES = {"react": "ReAct", "dice": "DICE"}
-
-
-def _shaped_title(title: str) -> Callable[[Spec], str]:
-    """``"ASH-S@95"``, with ``" + ReAct"`` / ``" + DICE"`` for the other pipeline parts."""
-    def fn(spec: Spec) -> str:
-        head = f"{title}@{spec.parts[0].percentile:g}"
-        for p in spec.parts[1:]:
-            tail = _PART_TITLES[p.name]
-            head += f" + {tail}" if p.percentile == REGISTRY[p.name].percentile else f" + {tail}@{p.percentile:g}"
-        return head
-    return fn
-
-
 def _pipeline_title(spec: Spec) -> str:
-    first = spec.parts[0]
-    if len(spec.parts) == 1:
-        return _with_p(_PART_TITLES[first.name], REGISTRY[first.name].percentile)(spec)
-    return " + ".join(_with_p(_PART_TITLES[p.name], REGISTRY[p.name].percentile)(Spec((p,))) for p in spec.parts)
+    """``"ASH-S@95 + ReAct"``: each stage's title (:meth:`Stage.part_title`), in the spec's order."""
+    return " + ".join(stage(p.name).part_title(p.percentile) for p in spec.parts)
 
 
 #: KNN's k on CIFAR-10 (Sun et al. 2022; OpenOOD v1.5) and the bank it was set for (all training images).
@@ -617,7 +717,7 @@ def _exponent_title(spec: Spec) -> str:
 
 def _ratio_title(spec: Spec) -> str:
     model = spec.parts[0].option("model")
-    return "likelihood ratio" if model == "glow" else f"likelihood ratio ({_ROLE_TITLES.get(model, model)})"
+    return "likelihood ratio" if model == "glow" else f"likelihood ratio ({_role_title(model)})"
 
 
 _DOSE_METHOD_TITLES = {"kde": "KDE per statistic", "joint_kde": "joint KDE", "ocsvm": "OCSVM"}
@@ -626,7 +726,7 @@ _DOSE_METHOD_TITLES = {"kde": "KDE per statistic", "joint_kde": "joint KDE", "oc
 def _dose_title(spec: Spec) -> str:
     part = spec.parts[0]
     method = part.option("method")
-    return (f"DoSE ({_ROLE_TITLES.get(part.option('model'), part.option('model'))}, "
+    return (f"DoSE ({_role_title(part.option('model'))}, "
             f"{_DOSE_METHOD_TITLES.get(method, str(method).upper())})")
 
 
@@ -634,10 +734,49 @@ def _codec_title(spec: Spec) -> str:
     return f"input complexity ({spec.parts[0].option('codec')})"
 
 
-_ROLE_TITLES = {"glow": "Glow", "cv_glow": "CV-Glow", "vae": "VAE", "pixelcnn": "PixelCNN"}
+def _role_title(role: str) -> str:
+    return families.role_titles().get(role, role)
+
+
+class _Registry(MutableMapping):
+    """The detector registry: fixed entries, with the pipeline stages (:func:`stages`) and the density
+    families' log-likelihoods (:func:`ood_core.families.role_titles`) derived from their own registries,
+    so that registering a shaper, a clip or a density family makes it a detector spec at once."""
+
+    def __init__(self, before: dict[str, Entry], after: dict[str, Entry], generative: dict[str, Entry]):
+        self._before, self._after, self._generative = before, after, generative
+
+    def _items(self) -> dict[str, Entry]:
+        parts = {n: Entry(_pipeline, _pipeline_title, role=st.role, percentile=st.percentile, doc=st.doc)
+                 for n, st in stages().items()}
+        log_p = {role: Entry(lambda s, role=role: LogLikelihood(role), _fixed(f"{title} log p"),
+                             family=names.GENERATIVE, doc=f"{title} log-likelihood (Nalisnick et al. 2019)")
+                 for role, title in families.role_titles().items()}
+        return {**self._before, **parts, **self._after, **log_p, **self._generative}
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._items()[name]
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __setitem__(self, name: str, entry: Entry) -> None:
+        if entry.role != "score":
+            raise ValueError("pipeline stages are registered with register_stage (clips, heads) or "
+                             "ood_core.ash.register_shaper (shapers)")
+        if name in self._items() and name not in self._generative:
+            raise ValueError(f"{name!r} is a derived or fixed detector; choose another name")
+        self._generative[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del self._generative[name]
+
 
 #: Every detector, by spec name.
-REGISTRY: dict[str, Entry] = {
+REGISTRY: _Registry = _Registry({
     # classifier detectors on logits
     "msp": Entry(lambda s: LogitScore(scores.msp), _fixed("MSP"), doc="max softmax probability (Hendrycks & Gimpel 2017)"),
     "max_logit": Entry(lambda s: LogitScore(scores.max_logit), _fixed("max-logit"), doc="max logit (Hendrycks et al. 2022)"),
@@ -645,16 +784,7 @@ REGISTRY: dict[str, Entry] = {
     "odin": Entry(lambda s: ODIN(s.parts[0].option("temperature"), s.parts[0].option("epsilon")), _fixed("ODIN"),
                   options={"temperature": 1000.0, "epsilon": 0.0014}, doc="ODIN (Liang et al. 2018), CIFAR values"),
     "mahalanobis": Entry(lambda s: Mahalanobis(), _fixed("Mahalanobis"), doc="Mahalanobis (Lee et al. 2018), tied covariance"),
-    # feature pipelines: clip -> shaper -> head, scored with the energy
-    "react": Entry(_pipeline, _pipeline_title, role="clip", percentile=90.0, doc="ReAct clipping (Sun et al. 2021)"),
-    "dice": Entry(_pipeline, _pipeline_title, role="head", percentile=90.0, doc="DICE sparsified head (Sun & Li 2022)"),
-    "ash_p": Entry(_pipeline, _shaped_title("ASH-P"), role="shaper", percentile=90.0, doc="ASH-P (Djurisic et al. 2023)"),
-    "ash_b": Entry(_pipeline, _shaped_title("ASH-B"), role="shaper", percentile=95.0, doc="ASH-B (Djurisic et al. 2023)"),
-    "ash_s": Entry(_pipeline, _shaped_title("ASH-S"), role="shaper", percentile=95.0, doc="ASH-S (Djurisic et al. 2023)"),
-    "ash_rand": Entry(_pipeline, _shaped_title("ASH-RAND"), role="shaper", percentile=90.0,
-                      doc="ASH-RAND (Djurisic et al. 2023), U(0, 10) at kept positions"),
-    "scale": Entry(_pipeline, _shaped_title("SCALE"), role="shaper", percentile=85.0,
-                   doc="SCALE (Xu et al. 2024): ASH-S's exp(s1/s2) on the unpruned features"),
+}, {
     "ash_exponent": Entry(lambda s: AshExponent(s.parts[0].percentile), _exponent_title, percentile=95.0,
                           doc="ASH-S's exponent s1/s2 alone (what dominates ASH-S's energy)"),
     # successors of ASH on features and logits
@@ -674,9 +804,8 @@ REGISTRY: dict[str, Entry] = {
     "nnguide": Entry(lambda s: Estimator(lambda: scores.NNGuide(k=s.parts[0].option("k")),
                                          lambda e, f, lg, m: e.fit(f, lg), lambda e, f, lg, m: e.score(f, lg)),
                      _fixed("NNGuide"), options={"k": 10}, doc="nearest-neighbour guidance (Park et al. 2023)"),
-    # generative detectors
-    **{role: Entry(lambda s, role=role: LogLikelihood(role), _fixed(f"{title} log p"), family=names.GENERATIVE,
-                   doc=f"{title} log-likelihood (Nalisnick et al. 2019)") for role, title in _ROLE_TITLES.items()},
+}, {
+    # generative detectors (after the density families' log p, derived)
     "likelihood_ratio": Entry(lambda s: LikelihoodRatio(s.parts[0].option("model")), _ratio_title,
                               options={"model": "glow"}, family=names.GENERATIVE,
                               doc="log p minus a background model's, trained on perturbed inputs (Ren et al. 2019)"),
@@ -693,7 +822,7 @@ REGISTRY: dict[str, Entry] = {
     "input_complexity": Entry(lambda s: InputComplexity(s.parts[0].option("codec")), _codec_title,
                               options={"codec": "png"}, family=names.GENERATIVE,
                               doc="likelihood corrected by a lossless code length (Serrà et al. 2020)"),
-}
+})
 
 
 def _entry(name: str) -> Entry:

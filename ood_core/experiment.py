@@ -140,10 +140,8 @@ class LikelihoodRun(RunMixin):
 
     @property
     def name(self) -> str:
-        """The family's display name, "CV-Glow" for additive coupling."""
-        if self.family == "glow" and self.model.get("coupling") == "additive":
-            return "CV-Glow"
-        return self.spec.title
+        """The family's display name for this run's model, "CV-Glow" for additive coupling (:meth:`Family.name_of`)."""
+        return self.spec.name_of(self.model)
 
 
 @dataclass(frozen=True)

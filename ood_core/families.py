@@ -10,14 +10,21 @@ from a model family, so that no code above this module branches on a family's na
 * ``score`` -- per-example likelihood terms of a uint8 image batch (likelihood families only;
   always ``log_px`` in nats of the discrete image and ``bpd``), cached as ``<name>_scores``;
 * ``table_terms`` -- extra per-set columns of the likelihood table (mean of a score term);
-* ``label`` -- a one-line description for figures and tables.
+* ``label`` -- a one-line description for figures and tables; ``display_name`` -- the family's name for
+  a run's model keywords (``"CV-Glow"`` for a Glow with additive coupling: the one place that says so);
+* ``model_artifact`` / ``scores_artifact`` -- its artifact kinds (:class:`ood_core.artifacts.Kind`),
+  registered into :data:`ood_core.artifacts.KINDS` with the family;
+* ``variants``, ``background_role`` and ``benchmark`` -- its likelihood roles in the book's benchmarks
+  (``"glow"``, ``"cv_glow"``, ``"background"``): the detectors' role titles
+  (:func:`role_titles`), the likelihood ratio's background (:func:`background_role_of`) and the role tables
+  of :mod:`ood_core.benchmarks` are derived from them.
 
-Adding a model family is one :class:`Family` entry in :data:`FAMILIES` (plus its artifact kinds in
-:data:`ood_core.artifacts.KINDS` and its tests); nothing else changes.
+Adding a model family is one :func:`register` call (and its tests); nothing else changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +36,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ood_core import data, likelihood, names, units
+from ood_core.artifacts import KINDS, Kind
 from ood_core.classifiers import build_classifier
 from ood_core.flows import Glow, GlowConfig, initialize_actnorm
 
@@ -46,6 +54,23 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Benchmark:
+    """Where a likelihood family's models come from in the book's benchmarks (:mod:`ood_core.benchmarks`).
+
+    ``unified(profile, dataset) -> (run, n_eval)`` is its model in the unified benchmark; ``seed(profile)``
+    its seed-study recipe (retargeted and reseeded by the benchmark; None: not in the seed study);
+    ``background(profile, run)`` Ren et al.'s background model of ``run`` in the unified benchmark and
+    ``seed_background`` the same in the seed study (default ``background``); None: the family has no
+    background role there. ``profile`` is an :class:`ood_core.profiles.Profile`.
+    """
+
+    unified: Callable[[Any, str], tuple[Any, int | None]]
+    seed: Callable[[Any], Any] | None = None
+    background: Callable[[Any, Any], Any] | None = None
+    seed_background: Callable[[Any, Any], Any] | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family (see the module docstring)."""
 
@@ -60,12 +85,43 @@ class Family:
     table_terms: tuple[tuple[str, str], ...] = ()  # (column, score term) pairs, mean over the set
     scoring_defaults: Mapping[str, Any] = field(default_factory=dict)
     reference: tuple[str, Mapping] | None = None  # (table column, {(dataset, set name): paper value})
-    model_kind: str = ""
-    scores_kind: str = ""
+    model_artifact: Kind | None = None  # the trained model's artifact kind
+    scores_artifact: Kind | None = None  # the per-example scores' artifact kind (likelihood families)
+    display_name: Callable[[Mapping[str, Any]], str] | None = None  # model keywords -> name (default: title)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # more roles: role -> model changes
+    background_role: str = ""  # Ren et al.'s background model's role; default "<name>_background"
+    benchmark: Benchmark | None = None
+
+    def __post_init__(self):
+        if self.is_likelihood and not self.background_role:
+            object.__setattr__(self, "background_role", f"{self.name}_background")
 
     @property
     def is_likelihood(self) -> bool:
         return self.role == "likelihood"
+
+    @property
+    def model_kind(self) -> str:
+        return self.model_artifact.name if self.model_artifact else ""
+
+    @property
+    def scores_kind(self) -> str:
+        return self.scores_artifact.name if self.scores_artifact else ""
+
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        return tuple(k for k in (self.model_artifact, self.scores_artifact) if k is not None)
+
+    def name_of(self, model: Mapping[str, Any] | None = None) -> str:
+        """The family's name for a run with ``model`` keywords (``"CV-Glow"`` for additive coupling)."""
+        return self.display_name(model or {}) if self.display_name else self.title
+
+    @property
+    def role_titles(self) -> dict[str, str]:
+        """``{likelihood role: title}``: the family's own role (its name) and its variants."""
+        if not self.is_likelihood:
+            return {}
+        return {self.name: self.name_of(), **{role: self.name_of(changes) for role, changes in self.variants.items()}}
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -162,9 +218,21 @@ def score_glow(model: Glow, x_uint8: torch.Tensor, run, seed: int) -> dict[str, 
     return likelihood.score_flow(model, x_uint8, batch_size=run.eval_batch, seed=seed, per_level=True)
 
 
+def glow_name(model: Mapping[str, Any]) -> str:
+    """"CV-Glow" for additive (volume-preserving) coupling, "Glow" otherwise (Nalisnick et al.'s names)."""
+    return "CV-Glow" if model.get("coupling", "affine") == "additive" else "Glow"
+
+
+def background_run(run, rate: float, weight_decay: float = 0.0, **model_changes):
+    """Ren et al.'s background model of ``run``: the same recipe (optionally resized), inputs with pixels
+    replaced at ``rate``, and an L2 penalty ``weight_decay`` on its weights."""
+    bg = run.background(rate, **model_changes)
+    return dataclasses.replace(bg, train=dataclasses.replace(bg.train, weight_decay=weight_decay))
+
+
 def _glow_label(run) -> str:
     m = run.model
-    name = "CV-Glow" if m.get("coupling", "affine") == "additive" else "Glow"
+    name = glow_name(m)
     what = f" (background, μ={run.perturb:g})" if run.perturb else ""
     return f"{name} L={m['levels']} K={m['steps']} w={m['width']} on {data.spec(run.dataset).title}{what}"
 
@@ -173,7 +241,21 @@ GLOW = Family(
     name="glow", title="Glow", role="likelihood", config=_glow_config, build=lambda run: Glow(_glow_config(run)),
     training=_glow_training, label=_glow_label, score=score_glow,
     table_terms=((names.PZ_BPD, "bpd_pz"), (names.LOGDET_BPD, "bpd_logdet")),
-    reference=(names.PAPER_BPD, PAPER_BPD), model_kind="glow", scores_kind="glow_scores")
+    reference=(names.PAPER_BPD, PAPER_BPD),
+    model_artifact=Kind("glow", 3, ("ood_core.flows", "ood_core.train", "ood_core.families:GLOW",
+                                    "ood_core.families:glow_loss", "ood_core.families:curve_evaluators",
+                                    "ood_core.families:dequantize_batch", "ood_core.likelihood"),
+                        "trained Glow / CV-Glow weights and training curves"),
+    scores_artifact=Kind("glow_scores", 4, ("ood_core.flows", "ood_core.likelihood", "ood_core.families:score_glow"),
+                         "per-example log-likelihood terms of a Glow on one image set"),
+    display_name=glow_name, variants={"cv_glow": {"coupling": "additive"}}, background_role="background",
+    benchmark=Benchmark(
+        unified=lambda P, dataset: (P.glow.runs[dataset], P.glow.n_eval),
+        seed=lambda P: P.seeds.glow,
+        background=lambda P, run: background_run(run, P.unified.background_rate, P.unified.background_weight_decay,
+                                                 steps=P.unified.background_steps, width=P.unified.background_width),
+        seed_background=lambda P, run: background_run(run, P.unified.background_rate,
+                                                      P.unified.background_weight_decay)))
 
 
 # ----------------------------------------------------------------------------- VAE and PixelCNN
@@ -219,7 +301,14 @@ VAE = Family(
     name="vae", title="VAE", role="likelihood", config=_vae_config, build=_build_vae, training=_vae_training,
     label=_knobs_label("VAE"), score=score_vae,
     table_terms=((names.ELBO_BPD, "bpd_elbo"), (names.RECON_BPD, "bpd_recon"), (names.KL_BPD, "bpd_kl")),
-    scoring_defaults={"iwae_k": 16}, model_kind="vae", scores_kind="vae_scores")
+    scoring_defaults={"iwae_k": 16},
+    model_artifact=Kind("vae", 3, ("ood_core.vae", "ood_core.discretized", "ood_core.train", "ood_core.families:VAE",
+                                   "ood_core.families:curve_evaluators"),
+                        "trained VAE weights and training curves"),
+    scores_artifact=Kind("vae_scores", 3, ("ood_core.vae", "ood_core.discretized", "ood_core.families:score_vae"),
+                         "per-example ELBO / IWAE terms of a VAE on one image set"),
+    benchmark=Benchmark(unified=lambda P, dataset: (P.families.vae[dataset], P.families.n_eval),
+                        seed=lambda P: P.seeds.vae))
 
 
 def _pixelcnn_config(run):
@@ -253,7 +342,17 @@ def _build_pixelcnn(run):
 PIXELCNN = Family(
     name="pixelcnn", title="PixelCNN", role="likelihood", config=_pixelcnn_config, build=_build_pixelcnn,
     training=_pixelcnn_training, label=_knobs_label("PixelCNN"), score=score_pixelcnn,
-    model_kind="pixelcnn", scores_kind="pixelcnn_scores")
+    model_artifact=Kind("pixelcnn", 3, ("ood_core.pixelcnn", "ood_core.discretized", "ood_core.train",
+                                        "ood_core.families:PIXELCNN", "ood_core.families:curve_evaluators"),
+                        "trained PixelCNN weights and training curves"),
+    scores_artifact=Kind("pixelcnn_scores", 3, ("ood_core.pixelcnn", "ood_core.discretized",
+                                                "ood_core.families:score_pixelcnn"),
+                         "per-example exact log-likelihoods of a PixelCNN on one image set"),
+    benchmark=Benchmark(
+        unified=lambda P, dataset: (P.families.pixelcnn[dataset], P.families.n_eval),
+        seed=lambda P: P.seeds.pixelcnn,
+        background=lambda P, run: background_run(run, P.unified.pixelcnn_background_rate,
+                                                 P.unified.pixelcnn_background_weight_decay)))
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -336,11 +435,45 @@ def _classifier_label(run) -> str:
 CLASSIFIER = Family(
     name="classifier", title="classifier", role="classifier", config=lambda run: run.model,
     build=lambda run: build_classifier(run.model), training=_classifier_training, label=_classifier_label,
-    model_kind="classifier")
+    model_artifact=Kind("classifier", 3, ("ood_core.classifiers", "ood_core.train", "ood_core.families:CLASSIFIER",
+                                          "ood_core.families:random_crop_flip"),
+                        "trained classifier weights and accuracy curves"))
 
 
-#: Every model family, by name.
+#: Every model family, by name (add one with :func:`register`).
 FAMILIES: dict[str, Family] = {f.name: f for f in (GLOW, VAE, PIXELCNN, CLASSIFIER)}
+
+
+def _add_kinds(fams) -> tuple[str, ...]:
+    """Add the families' artifact kinds to :data:`ood_core.artifacts.KINDS` (a taken name is refused)."""
+    new = [k for f in fams for k in f.kinds]
+    taken = [k.name for k in new if k.name in KINDS]
+    if taken:
+        raise ValueError(f"artifact kinds {taken} are already registered")
+    KINDS.update({k.name: k for k in new})
+    return tuple(k.name for k in new)
+
+
+def register(new: Family) -> Family:
+    """Add a model family: to :data:`FAMILIES`, its artifact kinds to :data:`ood_core.artifacts.KINDS`, its
+    likelihood roles to the detectors (``"<name> log p"``) and the benchmarks' role tables. A taken family
+    name, role or kind name is refused."""
+    if new.name in FAMILIES:
+        raise ValueError(f"a model family named {new.name!r} is already registered")
+    roles = [r for r in (*new.role_titles, new.background_role) if r and r in set(all_roles())]
+    if roles:
+        raise ValueError(f"likelihood roles {roles} of family {new.name!r} are taken")
+    _add_kinds([new])
+    FAMILIES[new.name] = new
+    return new
+
+
+def unregister(name: str) -> Family:
+    """Remove the family ``name`` and its artifact kinds (tests that register one clean up with it)."""
+    fam = family(name)
+    for k in fam.kinds:
+        KINDS.pop(k.name, None)
+    return FAMILIES.pop(name)
 
 
 def family(name: str) -> Family:
@@ -350,4 +483,27 @@ def family(name: str) -> Family:
         raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}") from None
 
 
-__all__ = ["CLASSIFIER", "FAMILIES", "Family", "GLOW", "PIXELCNN", "Training", "VAE", "accuracy", "cross_entropy_loss", "curve_evaluators", "curve_sets", "family", "random_crop_flip", "training_images"]
+def role_titles() -> dict[str, str]:
+    """``{likelihood role: title}`` of every likelihood family: ``{"glow": "Glow", "cv_glow": "CV-Glow", ...}``."""
+    return {role: t for f in FAMILIES.values() for role, t in f.role_titles.items()}
+
+
+def all_roles() -> list[str]:
+    """Every likelihood role the families define: their own, their variants and their background roles."""
+    return [r for f in FAMILIES.values() if f.is_likelihood for r in (*f.role_titles, f.background_role)]
+
+
+def background_role_of(role: str) -> str:
+    """The role of Ren et al.'s background model for the model of ``role``: the family's
+    ``background_role`` for a family's own role (``"background"`` for the Glow), else ``"<role>_background"``."""
+    fam = FAMILIES.get(role)
+    return fam.background_role if fam is not None and fam.is_likelihood else f"{role}_background"
+
+
+#: The built-in families' artifact kinds, added to :data:`ood_core.artifacts.KINDS` when this module is imported.
+FAMILY_KINDS = _add_kinds(FAMILIES.values())
+
+
+__all__ = ["Benchmark", "CLASSIFIER", "FAMILIES", "Family", "GLOW", "PIXELCNN", "Training", "VAE", "accuracy",
+           "all_roles", "background_role_of", "background_run", "cross_entropy_loss", "curve_evaluators", "curve_sets",
+           "family", "glow_name", "random_crop_flip", "register", "role_titles", "training_images", "unregister"]

@@ -216,7 +216,7 @@ def _fingerprints_of_copy(tmp_path: Path, edit) -> dict[str, str]:
     root = tmp_path / "src"
     shutil.copytree(PACKAGE, root / "ood_core", ignore=shutil.ignore_patterns("__pycache__"))
     edit(root / "ood_core")
-    code = ("import json; from ood_core import artifacts; "
+    code = ("import json; from ood_core import artifacts, families; "
             "print(json.dumps({k: artifacts.code_fingerprint(k) for k in artifacts.KINDS}))")
     env = {**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
