@@ -34,7 +34,8 @@
 # Methods: MSP {cite}`hendrycks2017baseline`, max-logit, energy, ODIN {cite}`liang2018odin`
 # ($T=1000$, $\epsilon=0.0014$), ReAct {cite}`sun2021react` ($p=90$), DICE {cite}`sun2022dice`
 # ($p=90$), Mahalanobis {cite}`lee2018mahalanobis` (tied covariance, no input preprocessing); ASH
-# at the paper's CIFAR-10 percentiles (ASH-P@90, ASH-B@95, ASH-S@95), ASH-RAND@90 and ASH-S with
+# at ASH-P@90, ASH-B@95, ASH-S@95 (the paper's CIFAR-10 ASH-B is at $p = 90$: it is in the table of
+# fixed and validation-chosen percentiles below), ASH-RAND@90 and ASH-S with
 # ReAct and DICE; and the successors at OpenOOD v1.5's settings: SCALE@85, GEN (Liu et al. 2023),
 # KNN (Sun et al. 2022, $k=50$ for the 50,000 CIFAR-10 training images, scaled to the bank used
 # here: $k = \max(1, \operatorname{round}(50\,n/50000))$, so the $k$-th neighbour sits at the same
@@ -316,7 +317,7 @@ else:
 # %% [markdown]
 # ## The percentile: the paper's fixed $p$ and $p$ chosen on a validation split
 #
-# The ASH paper fixes $p$ per benchmark (ASH-P@90, ASH-B@90/95, ASH-S@95 on CIFAR-10); OpenOOD v1.5
+# The ASH paper fixes $p$ per benchmark (ASH-P@90, ASH-B@90, ASH-S@95 on CIFAR-10); OpenOOD v1.5
 # chooses it on a **validation split**: ID validation images against a held-out part of a near-OOD
 # set. We do the latter with the profile's `n_val` CIFAR-10 test images and `n_val` TinyImageNet
 # images (CIFAR-10 classes removed), both **outside** the evaluation subsets (the same seeded
