@@ -167,11 +167,17 @@ class ClassifierEvaluation:
 def evaluate(run: ClassifierRun, n_eval: int | None, n_fit: int | None, ood, seed: int = 0,
              store: ArtifactStore | None = None, device=None) -> ClassifierEvaluation:
     """Train (or load) ``run``, extract features of ID train (for fitting), ID test and OOD sets."""
-    trained = train_or_load(run, store=store, device=device)
-    fit_set = data.load(run.dataset, "train").subset(n_fit, seed)
-    sets, missing = evaluation_sets(run.dataset, n_eval, list(ood), seed=seed, train_split=False)
+    return _evaluation(train_or_load(run, store=store, device=device), n_eval, n_fit, ood, seed, store)
+
+
+def _evaluation(trained: Trained, n_eval: int | None, n_fit: int | None, ood, seed: int,
+                store: ArtifactStore | None) -> ClassifierEvaluation:
+    """The cached features of ``trained``'s fit, ID test and OOD sets, keyed by how they were drawn."""
+    dataset = trained.run.dataset
+    fit_set = data.load(dataset, "train").subset(n_fit, seed)
+    sets, missing = evaluation_sets(dataset, n_eval, list(ood), seed=seed, train_split=False)
     id_set = sets.pop(names.ID_TEST)
-    key = {"run": run, "n_eval": n_eval, "n_fit": n_fit, "ood": list(ood), "seed": seed,
+    key = {"run": trained.run, "n_eval": n_eval, "n_fit": n_fit, "ood": list(ood), "seed": seed,
            "fit_images": content_digest(fit_set.x)}
     return ClassifierEvaluation(trained, id_set, sets, missing, features(trained, fit_set, store),
                                 features(trained, id_set, store), {k: features(trained, s, store) for k, s in sets.items()},
@@ -202,14 +208,7 @@ def evaluate_pretrained(name: str, n_eval: int | None, n_fit: int | None, ood, s
     run = PretrainedRun(name, spec.sha256, spec.dataset)
     meta = {"source": spec.source, "recipe": spec.recipe, "hardware": {"gpu": "trained elsewhere"},
             "expected_accuracy": spec.expected_accuracy}
-    trained = Trained(run, model, pd.DataFrame(), meta)
-    fit_set = data.load(spec.dataset, "train").subset(n_fit, seed)
-    sets, missing = evaluation_sets(spec.dataset, n_eval, list(ood), seed=seed, train_split=False)
-    id_set = sets.pop(names.ID_TEST)
-    key = {"run": run, "n_eval": n_eval, "n_fit": n_fit, "ood": list(ood), "seed": seed}
-    return ClassifierEvaluation(trained, id_set, sets, missing, features(trained, fit_set, store),
-                                features(trained, id_set, store), {k: features(trained, s, store) for k, s in sets.items()},
-                                key, store, seed)
+    return _evaluation(Trained(run, model, pd.DataFrame(), meta), n_eval, n_fit, ood, seed, store)
 
 
 def test_accuracy(ev: ClassifierEvaluation, n: int | None = None, store: ArtifactStore | None = None) -> tuple[float, int]:

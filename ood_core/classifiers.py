@@ -145,24 +145,65 @@ class ShapeableClassifier(nn.Module):
 
 
 class _BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    """Conv3x3-BN-ReLU-Conv3x3-BN plus the shortcut, then ReLU (He et al. 2016).
+
+    Where the shape changes, the shortcut is a 1x1 convolution with BN (``"projection"``, ResNet-18)
+    or He et al.'s parameter-free option A (``"zero_pad"``: subsample, zero channels on both sides).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str = "projection") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = nn.Sequential(
+        if stride == 1 and in_channels == out_channels:
+            self.shortcut: nn.Module = nn.Identity()
+        elif shortcut == "zero_pad":
+            self.shortcut = _ShortcutA(in_channels, out_channels, stride)
+        else:
+            self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
-        else:
-            self.shortcut = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
+
+
+class _ShortcutA(nn.Module):
+    """He et al.'s option-A shortcut: stride-2 subsampling and zero channels on both sides."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.pad = stride, out_channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+def _resnet_stages(model: nn.Module, width: int, strides: tuple[int, ...], blocks: int, shortcut: str) -> int:
+    """Add ``layer1..layerN`` (``blocks`` BasicBlocks each, widths ``width * 2^i``) to ``model``; the last width."""
+    in_width = width
+    for index, stride in enumerate(strides, start=1):
+        out_width = width * 2 ** (index - 1)
+        layer = [_BasicBlock(in_width, out_width, stride, shortcut)]
+        layer += [_BasicBlock(out_width, out_width, 1, shortcut) for _ in range(blocks - 1)]
+        model.add_module(f"layer{index}", nn.Sequential(*layer))
+        in_width = out_width
+    return in_width
+
+
+def _resnet_features(model: ShapeableClassifier, x: Tensor, shaping: Shaping | None) -> Tensor:
+    """Stem, the ``layer*`` stages (each a shaping point) and the pooled penultimate vector."""
+    shaping = model._check_shaping(shaping)
+    h = F.relu(model.bn1(model.conv1(model.normalise(x))))
+    for name in model.stages[:-1]:
+        h = model._shape(name, getattr(model, name)(h), shaping)
+    return model._pool(h, shaping)
 
 
 class ResNet18Cifar(ShapeableClassifier):
@@ -186,51 +227,13 @@ class ResNet18Cifar(ShapeableClassifier):
         super().__init__(mean, std)
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        widths = (width, 2 * width, 4 * width, 8 * width)
-        in_width = width
-        for index, (out_width, stride) in enumerate(zip(widths, (1, 2, 2, 2)), start=1):
-            layer = nn.Sequential(_BasicBlock(in_width, out_width, stride), _BasicBlock(out_width, out_width, 1))
-            self.add_module(f"layer{index}", layer)
-            in_width = out_width
-        self.fc = nn.Linear(in_width, num_classes)
+        self.fc = nn.Linear(_resnet_stages(self, width, (1, 2, 2, 2), 2, "projection"), num_classes)
 
     def features(self, x: Tensor, shaping: Shaping | None = None) -> Tensor:
-        shaping = self._check_shaping(shaping)
-        h = F.relu(self.bn1(self.conv1(self.normalise(x))))
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            h = self._shape(name, getattr(self, name)(h), shaping)
-        return self._pool(h, shaping)
+        return _resnet_features(self, x, shaping)
 
 
 # ------------------------------------------------------------------- He et al.'s CIFAR ResNet
-
-
-class _ShortcutA(nn.Module):
-    """He et al.'s option-A shortcut: stride-2 subsampling and zero channels on both sides."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.stride, self.pad = stride, out_channels - in_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-
-
-class _BasicBlockA(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        changes = stride != 1 or in_channels != out_channels
-        self.shortcut: nn.Module = _ShortcutA(in_channels, out_channels, stride) if changes else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
 
 
 class ResNetCifar(ShapeableClassifier):
@@ -258,26 +261,15 @@ class ResNetCifar(ShapeableClassifier):
         super().__init__(mean, std)
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110); got {depth}")
-        blocks = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        in_width = width
-        for index, (out_width, stride) in enumerate(zip((width, 2 * width, 4 * width), (1, 2, 2)), start=1):
-            layer = [_BasicBlockA(in_width, out_width, stride)]
-            layer += [_BasicBlockA(out_width, out_width, 1) for _ in range(blocks - 1)]
-            self.add_module(f"layer{index}", nn.Sequential(*layer))
-            in_width = out_width
-        self.fc = nn.Linear(in_width, num_classes)
+        self.fc = nn.Linear(_resnet_stages(self, width, (1, 2, 2), (depth - 2) // 6, "zero_pad"), num_classes)
         for module in self.modules():  # He et al.'s initialisation, as in the public CIFAR ResNets
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
 
     def features(self, x: Tensor, shaping: Shaping | None = None) -> Tensor:
-        shaping = self._check_shaping(shaping)
-        h = F.relu(self.bn1(self.conv1(self.normalise(x))))
-        for name in ("layer1", "layer2", "layer3"):
-            h = self._shape(name, getattr(self, name)(h), shaping)
-        return self._pool(h, shaping)
+        return _resnet_features(self, x, shaping)
 
 
 # ---------------------------------------------------------------------------- DenseNet-BC

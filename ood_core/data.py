@@ -89,16 +89,22 @@ def _load_manifest() -> dict[str, DatasetSpec]:
 MANIFEST: dict[str, DatasetSpec] = _load_manifest()
 
 
-def data_root() -> Path:
-    """The mirror folder: ``$OOD_DATA`` if set, else ``../shared/data`` beside the checkout."""
-    env = os.environ.get(DATA_ENV)
+def shared_folder(name: str, env_var: str) -> Path:
+    """``$env_var`` if set, else ``shared/<name>`` beside the checkout (or inside it, or beside the working
+    directory), the first that exists; the folder beside the checkout when none does."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
     here = Path(__file__).resolve().parent.parent  # the checkout (editable install)
-    for candidate in (here.parent / "shared" / "data", here / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+    for candidate in (here.parent / "shared" / name, here / "shared" / name, Path.cwd().parent / "shared" / name):
         if candidate.is_dir():
             return candidate
-    return here.parent / "shared" / "data"
+    return here.parent / "shared" / name
+
+
+def data_root() -> Path:
+    """The mirror folder: ``$OOD_DATA`` if set, else ``../shared/data`` beside the checkout."""
+    return shared_folder("data", DATA_ENV)
 
 
 def root_label(path: Path | str | None = None) -> str:

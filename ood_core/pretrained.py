@@ -22,7 +22,6 @@ repository's trainer.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ood_core.classifiers import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, ClassifierConfig, ShapeableClassifier, build_classifier
+from ood_core.data import shared_folder
 
 __all__ = [
     "CHECKPOINTS",
@@ -177,14 +177,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {c.name: c for c in (
 
 def models_root() -> Path:
     """The models folder: ``$OOD_MODELS`` if set, else ``../shared/models`` beside the checkout."""
-    env = os.environ.get(MODELS_ENV)
-    if env:
-        return Path(env).expanduser()
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "shared" / "models", Path.cwd().parent / "shared" / "models"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "shared" / "models"
+    return shared_folder("models", MODELS_ENV)
 
 
 def checkpoint(name: str) -> Checkpoint:

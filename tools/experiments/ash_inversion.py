@@ -63,9 +63,12 @@ CPU_RECIPE = dict(batch_size=256, lr=0.4, weight_decay=5e-4, warmup=1.0, schedul
                   crop_pad=2, bf16=True)
 PAPER_RECIPE = dict(batch_size=256, lr=0.2, weight_decay=5e-4, warmup=1.0, schedule="cosine", bf16=True)
 
+#: The public recipe's own loop (:func:`plain_train`): lr steps at 50 % and 75 %, SGD without Nesterov.
+PLAIN = dict(trainer="plain", schedule="steps", nesterov=False)
+
 #: name -> (what it tests, changes to OURS). ``plain`` is the public recipe in a plain loop.
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "plain": ("public ResNet-20 recipe, plain loop (multistep lr, SGD without Nesterov)", {"trainer": "plain"}),
+    "plain": ("public ResNet-20 recipe, plain loop (multistep lr, SGD without Nesterov)", PLAIN),
     "ours": ("the same recipe through ood_core.train (Nesterov SGD, cosine)", {}),
     "wd5e-4": ("weight decay 5e-4 instead of 1e-4", {"weight_decay": 5e-4}),
     "ls0.2": ("label smoothing 0.2", {"label_smoothing": 0.2}),
@@ -89,13 +92,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "airbench_wd1e-4": ("AirbenchNet with its recipe, weight decay 1e-4", {"arch": "airbench", "width": 32,
                                                                            **CPU_RECIPE, "weight_decay": 1e-4}),
     # second run: what separates `plain` from `ours`, seeds, training length, label smoothing on ResNet-18
-    "plain_cosine": ("plain loop with a cosine schedule instead of the steps", {"trainer": "plain",
-                                                                               "schedule": "cosine"}),
-    "plain_nesterov": ("plain loop with Nesterov momentum", {"trainer": "plain", "nesterov": True}),
-    "plain_seed1": ("plain, another seed", {"trainer": "plain", "seed": 1}),
+    "plain_cosine": ("plain loop with a cosine schedule instead of the steps", {**PLAIN, "schedule": "cosine"}),
+    "plain_nesterov": ("plain loop with Nesterov momentum", {**PLAIN, "nesterov": True}),
+    "plain_seed1": ("plain, another seed", {**PLAIN, "seed": 1}),
     "ours_seed1": ("ours, another seed", {"seed": 1}),
     "ls0.2_seed1": ("label smoothing 0.2, another seed", {"label_smoothing": 0.2, "seed": 1}),
-    "plain_long": ("plain, twice the epochs", {"trainer": "plain", "epochs_scale": 2.0}),
+    "plain_long": ("plain, twice the epochs", {**PLAIN, "epochs_scale": 2.0}),
     "ours_long": ("ours, twice the epochs", {"epochs_scale": 2.0}),
     "r18_ls0.2": ("ResNet-18 through ood_core.train with label smoothing 0.2", {"arch": "resnet18_cifar",
                                                                                "width": 64, "label_smoothing": 0.2}),
@@ -186,8 +188,7 @@ def train_variant(name: str, x: torch.Tensor, y: torch.Tensor, epochs: int, devi
     t0 = time.time()
     e = max(1, round(epochs * s["epochs_scale"]))
     if s.get("trainer") == "plain":
-        plain_train(model, x, y, e, device, seed=s["seed"], schedule="cosine" if s["schedule"] == "cosine" and
-                    "schedule" in VARIANTS[name][1] else "steps", nesterov=s.get("nesterov", False))
+        plain_train(model, x, y, e, device, seed=s["seed"], schedule=s["schedule"], nesterov=s["nesterov"])
     else:
         steps_per_epoch = len(x) // s["batch_size"]
         config = TrainConfig(epochs=e, batch_size=s["batch_size"], lr=s["lr"], optimizer="sgd",
