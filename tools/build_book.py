@@ -261,19 +261,22 @@ def regenerate_command(stem: str, used: dict, defaults: dict) -> str:
 def _path_replacements() -> list[tuple[str, str]]:
     """(absolute path, how a page shows it), longest first: relative to the checkout when the path
     is inside or beside it, else the environment variable that set it (the temporary folder:
-    ``$TMPDIR``)."""
+    ``$TMPDIR``). A folder that an environment variable moved away from its default place outside the
+    checkout is always shown as the variable, wherever the checkout lies (e.g. both under ``/tmp``)."""
     roots = []
     for env, default in (("OOD_DATA", REPO.parent / "shared" / "data"), ("OOD_ARTIFACTS", REPO / "artifacts"),
                          ("OOD_RESULTS", REPO / "results")):
-        roots.append((Path(os.environ.get(env, default)).expanduser(), f"${env}"))
-    roots.append((REPO, "."))
-    roots.append((Path(tempfile.gettempdir()), "$TMPDIR"))  # e.g. an example folder a chapter writes
+        path = Path(os.environ.get(env, default)).expanduser()
+        moved = path.resolve() != Path(default).resolve()
+        roots.append((path, f"${env}", moved))
+    roots.append((REPO, ".", False))
+    roots.append((Path(tempfile.gettempdir()), "$TMPDIR", False))  # e.g. an example folder a chapter writes
     out = []
-    for path, label in roots:
+    for path, label, moved in roots:
         for p in {str(path), str(path.resolve())}:
             rel = os.path.relpath(p, REPO)
-            shown = rel if not rel.startswith(os.pardir + os.sep + os.pardir) else label
-            out.append((p.rstrip("/"), shown))
+            outside = rel.startswith(os.pardir + os.sep + os.pardir) or (moved and rel.startswith(os.pardir))
+            out.append((p.rstrip("/"), label if outside else rel))
     home = str(Path.home())
     if home not in ("/", ""):
         out.append((home, "~"))
