@@ -65,3 +65,35 @@ CLASSIFIER = "classifier"
 def curve_column(set_name: str) -> str:
     """The history column of a set's mean bits/dim along training, e.g. ``"bpd: MNIST test"``."""
     return CURVE_PREFIX + set_name
+
+# ---------------------------------------------------------------------- 07_second_order: second-order tables
+#: Columns of :func:`ood_core.second_order.second_order_table` and ``curvature_table`` (bits/dim or nats).
+SO_MEASURED = "measured"
+SO_CLOSED_UNIT = "closed form (σ=1)"
+SO_CLOSED_LEARNED = "closed form (learned σ)"
+SO_LINEARISED_UNIT = "linearised exact (σ=1)"
+SO_LINEARISED_LEARNED = "linearised exact (learned σ)"
+SO_EQ5_DIAG = "eq. (5), diag. Σ: 1st + 2nd"
+SO_TAYLOR_FULL = "Taylor, full Σ"
+SO_HESSIAN_DIAG = "Hessian diagonal (Hutchinson)"
+SO_STDERR = "± s.e."
+SO_INPUT_CHANNEL = "input channel"
+#: Column of :func:`ood_core.second_order.variance_table`: a set's mean per-pixel variance over the ID set's.
+SO_VARIANCE_RATIO = "variance ratio to ID"
+#: The tables of :mod:`ood_core.second_order_study`: models ("CV-Glow on CIFAR-10"), per-pixel statistics,
+#: agreement of a prediction with the measured gap or the network's curvature, the depth study's fit.
+SO_MODEL = "model"
+SO_PIXEL_MEAN = "per-pixel mean"
+SO_PIXEL_VARIANCE = "per-pixel variance"
+SO_PREDICTION = "prediction"
+SO_PAIRS = "pairs"
+SO_SIGN_AGREES = "sign agrees"
+SO_MEDIAN_RATIO = "median ratio predicted / measured"
+SO_MEDIAN_RATIO_HUTCHINSON = "median ratio to Hutchinson"
+SO_ORDERS = "median log10 |ratio| (orders of magnitude)"
+SO_CORRELATION = "correlation with Hutchinson"
+SO_RATIO = "closed form / linearised exact"
+SO_PER_STEP = "mean log factor per step (fit)"
+SO_TYPICAL = "typical factor at the largest K"
+SO_MEDIAN_BPD = "median bpd"
+SO_MAX_BPD = "max bpd"

@@ -13,6 +13,9 @@ import seaborn as sns
 import torch
 from torchvision.utils import make_grid
 
+from ood_core import names
+from ood_core import second_order as so
+
 
 def image_grid(ax: plt.Axes, x: torch.Tensor, title: str = "", nrow: int = 8) -> None:
     """Show uint8 images ``[N, C, H, W]`` as one grid on ``ax`` (gray images in gray)."""
@@ -201,3 +204,90 @@ def show_table(df: pd.DataFrame, digits: int | dict = DEFAULT_DIGITS, caption: s
     from IPython.display import display  # only notebooks need IPython; the library itself does not
 
     display(Table(df, digits=digits, caption=caption, csv_name=csv_name, index=index, missing=missing))
+
+
+# --- chapter 07: the second-order analysis ------------------------------------------------------
+
+def pixel_statistics(pixel_stats: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Per ID dataset (``{title: frame}``, one row per set and pixel): histograms of the per-pixel means and
+    variances of every set (:attr:`ood_core.second_order_study.SecondOrderStudy.pixel_stats`)."""
+    fig, axes = plt.subplots(len(pixel_stats), 2, figsize=(13, 3.6 * len(pixel_stats)), squeeze=False)
+    for row, (title, long) in zip(axes, pixel_stats.items()):
+        for ax, column in zip(row, (names.SO_PIXEL_MEAN, names.SO_PIXEL_VARIANCE)):
+            sns.histplot(long, x=column, hue=names.SET, stat="density", common_norm=False, element="step",
+                         bins=50, ax=ax)
+        row[0].set_title(f"ID {title}: per-pixel means (all channels)")
+        row[1].set_title(f"ID {title}: per-pixel variances (all channels)")
+    fig.tight_layout()
+    return fig
+
+
+def gap_predictions(second_order: pd.DataFrame, predictors) -> plt.Figure:
+    """Predicted against measured gap (bits/dim, + = OOD favoured), one marker per (model, OOD set, predictor);
+    ``second_order`` indexed by (``names.SO_MODEL``, ``names.OOD_SET``) with a ``names.SO_MEASURED`` column."""
+    predicted = "predicted gap (bits/dim)"
+    long = second_order.reset_index().melt(id_vars=[names.SO_MODEL, names.OOD_SET, names.SO_MEASURED],
+                                           value_vars=list(predictors), var_name=names.SO_PREDICTION,
+                                           value_name=predicted).dropna()
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    sns.scatterplot(long, x=names.SO_MEASURED, y=predicted, hue=names.SO_PREDICTION, style=names.SO_MODEL, s=70,
+                    ax=ax)
+    lim = np.nanmax(np.abs(long[[names.SO_MEASURED, predicted]].to_numpy())) * 1.1
+    ax.plot([-lim, lim], [-lim, lim], color="gray", lw=1, ls="--")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.axvline(0, color="gray", lw=0.5)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="measured gap (bits/dim, + = OOD favoured)",
+           title="Second-order predictions vs measurement (dashed: perfect)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def curvature_scatter(curvature: pd.DataFrame, forms) -> plt.Figure:
+    """Per squeezed channel, each predicted curvature in ``forms`` against the network's Hessian diagonal
+    (sign flipped, log-log; channels whose Hutchinson estimate is >= 0 cannot be shown and are counted)."""
+    flat = curvature.reset_index()
+    negative = flat[flat[names.SO_HESSIAN_DIAG] < 0]
+    magnitudes = -negative[[*forms, names.SO_HESSIAN_DIAG]].to_numpy()
+    lo, hi = float(magnitudes[magnitudes > 0].min()) / 2, float(magnitudes.max()) * 2
+    fig, axes = plt.subplots(1, len(forms), figsize=(12, 4.8), sharey=True, squeeze=False)
+    for ax, form in zip(axes[0], forms):
+        ax.errorbar(-negative[form], -negative[names.SO_HESSIAN_DIAG], yerr=negative[names.SO_STDERR], fmt="none",
+                    ecolor="lightgray", zorder=0)
+        sns.scatterplot(x=-negative[form], y=-negative[names.SO_HESSIAN_DIAG], hue=negative[names.SO_MODEL], ax=ax)
+        ax.plot([lo, hi], [lo, hi], color="gray", ls="--", lw=1)
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel=f"−{form} (nats)",
+               title=f"{form} vs the network")
+    axes[0][0].set_ylabel("−Hessian diagonal, Hutchinson ± s.e. (nats)")
+    fig.suptitle(f"Per-squeezed-channel curvature, sign flipped (log-log; dashed: equal)\n{len(flat) - len(negative)} "
+                 f"of {len(flat)} channels with a Hutchinson estimate ≥ 0 left out")
+    fig.tight_layout()
+    return fig
+
+
+def depth_shrinkage(depth_summary: pd.DataFrame, theory: dict[str, dict]) -> plt.Figure:
+    """The closed form's and the exact factor against the number of steps K (top row) and their ratio (bottom),
+    one column per ID dataset (``theory``: ``{title: {"num_channels", "mean_log_column_sum_sq"}}``): geometric
+    mean over channels and draws, a 10-90 % band, trained weights dotted, the theory's slope dashed."""
+    closed, exact = so.SHRINKAGE_QUANTITIES
+    rows = {"factor (curvature × −σ²)": (closed, exact), names.SO_RATIO: (names.SO_RATIO,)}
+    colors = {closed: "C0", exact: "C1", names.SO_RATIO: "C2"}
+    fig, axes = plt.subplots(len(rows), len(theory), figsize=(6.4 * len(theory), 4.4 * len(rows)), squeeze=False)
+    for row_axes, (ylabel, quantities) in zip(axes, rows.items()):
+        for ax, (title, th) in zip(row_axes, theory.items()):
+            panel = depth_summary[(depth_summary["ID"] == title) & depth_summary["quantity"].isin(quantities)]
+            for (weights, quantity), g in panel.groupby(["weights", "quantity"]):
+                is_trained = weights == so.TRAINED_WEIGHTS
+                ax.plot(g["K"], np.exp(g["mean"]), color=colors[quantity], ls=":" if is_trained else "-",
+                        marker="o" if is_trained else None, markeredgecolor="black", zorder=3 if is_trained else 2,
+                        label=f"{quantity}: {weights}")
+                ax.fill_between(g["K"], np.exp(g["10%"]), np.exp(g["90%"]), color=colors[quantity],
+                                alpha=0.2 if is_trained else 0.1)
+            ks = np.arange(0, panel["K"].max() + 1)
+            ax.plot(ks, np.exp(ks * th["mean_log_column_sum_sq"]), color="black", ls="--",
+                    label=f"theory: exp(K E log s²), E log s² = {th['mean_log_column_sum_sq']:.3f}")
+            ax.axhline(1.0, color="gray", lw=0.5)
+            ax.set_yscale("log")
+            ax.set(xlabel="steps K", ylabel=ylabel, title=f"CV-Glow on {title}: {th['num_channels']} squeezed channels")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
