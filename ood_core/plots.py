@@ -201,3 +201,18 @@ def show_table(df: pd.DataFrame, digits: int | dict = DEFAULT_DIGITS, caption: s
     from IPython.display import display  # only notebooks need IPython; the library itself does not
 
     display(Table(df, digits=digits, caption=caption, csv_name=csv_name, index=index, missing=missing))
+
+
+def coupling_views(views: dict, size: float = 2.6) -> plt.Figure:
+    """One row per set: the image, a coupling layer's masked half (its target) and the network's prediction of
+    it, in image space (:class:`ood_core.flow_diagnostics.CouplingView`, first image, channel mean).
+    ``views``: ``{set display name: CouplingView}``."""
+    fig, axes = plt.subplots(len(views), 3, figsize=(7.5, size * len(views)), squeeze=False)
+    for row, (name, v) in zip(axes, views.items()):
+        for ax, (title, img) in zip(row, (("image", v.image[0]), ("masked half (target)", v.target_image[0]),
+                                          ("network's prediction", v.prediction_image[0]))):
+            ax.imshow(img.mean(0).numpy(), cmap="gray")
+            ax.set_title(f"{name}: {title}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
