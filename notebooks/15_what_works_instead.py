@@ -45,20 +45,16 @@ device: str = "cpu"  # torch device for training and scoring
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from IPython.display import Markdown, display
 
-from ood_core import benchmarks, claims, data, detectors, flow_diagnostics as fd, likelihood_study as ls, metrics, names, plots
+from ood_core import claims, names, plots, remedies_study
 from ood_core.profiles import get_profile
 
 P = get_profile(profile)
-S, U = P.seeds, P.unified
 plots.setup()
-OTHER = {"fashion_mnist": "mnist", "mnist": "fashion_mnist"}
-SPECS = list(dict.fromkeys((*U.remedies, *U.reference_classifier)))
+R = remedies_study.study(profile, seed=seed, device=device)
 
 # %% [markdown]
 # ## Why image flows fail: local pixel correlations
@@ -72,23 +68,10 @@ SPECS = list(dict.fromkeys((*U.remedies, *U.reference_classifier)))
 # image space — and the share of the masked half's variance the prediction explains ($R^2$).
 
 # %%
-glow = ls.evaluate(P.glow.runs["fashion_mnist"], P.glow.n_eval, P.glow.ood["fashion_mnist"], seed=seed,
-                   device=device)
-model = glow.trained.model
-view_sets = {k: glow.sets[k].x[:256] for k in (names.ID_TEST, "mnist", "uniform") if k in glow.sets}
-views = {k: fd.coupling_view(model, x, level=0, step=0) for k, x in view_sets.items()}
-fig, axes = plt.subplots(len(views), 3, figsize=(7.5, 2.6 * len(views)), squeeze=False)
-for row, (k, v) in zip(axes, views.items()):
-    for ax, (title, img) in zip(row, (("image", v.image[0]), ("masked half (target)", v.target_image[0]),
-                                      ("network's prediction", v.prediction_image[0]))):
-        ax.imshow(img.mean(0).numpy(), cmap="gray")
-        ax.set_title(f"{glow.names[k]}: {title}", fontsize=8)
-        ax.axis("off")
-fig.tight_layout()
+fig = plots.coupling_views(R.views)
 plt.show()
-r2 = pd.DataFrame({glow.names[k]: [float(np.median(v.explained)), float(np.mean(v.explained))] for k, v in views.items()},
-                  index=["median R²", "mean R²"]).T
-plots.show_table(r2, digits=2, caption=f"How much of the masked half the coupling network predicts ({glow.run.label})")
+plots.show_table(R.r2, digits=2,
+                 caption=f"How much of the masked half the coupling network predicts ({R.glow.run.label})")
 
 # %% [markdown]
 # The latent reconstruction experiment: encode an image, keep the latents of one level of the multi-scale
@@ -96,24 +79,12 @@ plots.show_table(r2, digits=2, caption=f"How much of the masked half the couplin
 # ones, it encodes generic image structure.
 
 # %%
-keeps = [tuple(), *[(i,) for i in range(model.config.levels)]]
-recon = fd.reconstruction_table(model, {k: x[:128] for k, x in view_sets.items() if k != "uniform"}, keeps=keeps,
-                                seed=seed, names=glow.names)
-plots.show_table(recon, digits={"MSE": 4, "s.e. (MSE)": 4, "PSNR (dB)": 1, "s.e. (PSNR)": 1},
+plots.show_table(R.reconstruction, digits={"MSE": 4, "s.e. (MSE)": 4, "PSNR (dB)": 1, "s.e. (PSNR)": 1},
                  caption="Reconstructions from one kept level (PSNR, higher = closer)")
-shown = {}
-for k in (names.ID_TEST, "mnist"):
-    x = view_sets[k][:8]
-    shown[glow.names[k]] = x
-    for level in range(model.config.levels):
-        rec = fd.latent_reconstruction(model, x, keep_levels=(level,))
-        shown[f"{glow.names[k]}: level {level} kept"] = ((rec + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-fig = plots.grids(shown, ncols=1 + model.config.levels, nrow=8, size=3.0)
+fig = plots.grids(R.reconstructions, ncols=1 + R.glow.trained.model.config.levels, nrow=8, size=3.0)
 plt.show()
 
-id_r2 = float(np.median(views[names.ID_TEST].explained))
-ood_r2 = {glow.names[k]: float(np.median(v.explained)) for k, v in views.items() if k != names.ID_TEST}
-local_row = claims.record("kirichenko_local", {"model": glow.run.label, "id_r2": id_r2, "ood_r2": ood_r2}, P.name, seed)
+local_row = claims.record("kirichenko_local", R.evidence["kirichenko_local"], P.name, seed)
 display(Markdown(f"**Verdict ({P.name} profile): {local_row['verdict']}.** {local_row['our evidence']}."))
 
 # %% [markdown]
@@ -124,34 +95,16 @@ display(Markdown(f"**Verdict ({P.name} profile): {local_row['verdict']}.** {loca
 # likelihoods and the best classifier scores are shown for reference.
 
 # %%
-seed_rows = []
-spread = S.seeds[:S.n_spread]
-for ds in S.datasets:
-    for s in spread:
-        ctx = benchmarks.seed_context(P, ds, s, SPECS, OTHER[ds], seed=seed, device=device)
-        suite = detectors.Suite(ctx)
-        for spec in SPECS:
-            sc = suite.scores(spec, [names.ID_TEST, OTHER[ds]])
-            seed_rows.append({"pair": f"{data.spec(ds).title} → {data.spec(OTHER[ds]).title}", "seed": s,
-                              names.DETECTOR: detectors.title(spec), names.FAMILY: detectors.family_of(spec),
-                              names.AUROC: 100 * metrics.auroc(sc[names.ID_TEST], sc[OTHER[ds]])})
-by_seed = pd.DataFrame(seed_rows)
-FWD, REV = "FashionMNIST → MNIST", "MNIST → FashionMNIST"
-summary = by_seed.groupby([names.DETECTOR, "pair"], sort=False)[names.AUROC].agg(["mean", "std", "min", "max"])
-wide = summary["mean"].unstack("pair")[[FWD, REV]]
-wide["std " + FWD] = summary["std"].unstack("pair")[FWD]
-wide["std " + REV] = summary["std"].unstack("pair")[REV]
-wide["worse direction"] = wide[[FWD, REV]].min(axis=1)
-wide = wide.sort_values("worse direction", ascending=False)
-plots.show_table(wide, digits=1, caption=f"AUROC (%) over {len(spread)} training seeds, both directions")
+plots.show_table(R.two_ways, digits=1, caption=f"AUROC (%) over {R.n_seeds} training seeds, both directions")
 
-fig, ax = plt.subplots(figsize=(7, 0.38 * len(wide) + 1.5))
-d = by_seed.assign(detector=pd.Categorical(by_seed[names.DETECTOR], categories=list(wide.index), ordered=True))
-sns.stripplot(d, y="detector", x=names.AUROC, hue="pair", dodge=True, ax=ax, size=6)
+fig, ax = plt.subplots(figsize=(7, 0.38 * len(R.two_ways) + 1.5))
+d = R.by_seed.assign(**{names.DETECTOR: pd.Categorical(R.by_seed[names.DETECTOR], categories=list(R.two_ways.index),
+                                                       ordered=True)})
+sns.stripplot(d, y=names.DETECTOR, x=names.AUROC, hue=names.PAIR, dodge=True, ax=ax, size=6)
 ax.axvline(50, color="k", lw=0.8, ls=":")
-ax.axvline(95, color="tab:green", lw=0.8, ls="--")
+ax.axvline(claims.TWO_WAYS_GOAL, color="tab:green", lw=0.8, ls="--")
 ax.set_xlim(0, 100)
-ax.set_xlabel("AUROC (%) — one dot per training seed; dashed: the 95 % goal")
+ax.set_xlabel(f"AUROC (%) — one dot per training seed; dashed: the {claims.TWO_WAYS_GOAL} % goal")
 plt.show()
 
 # %% [markdown]
@@ -184,13 +137,8 @@ plt.show()
 # The unified benchmark's models (chapter 13, one training seed): AUROC with a 95 % bootstrap interval.
 
 # %%
-cifar = benchmarks.unified_context(P, "cifar10", SPECS, seed=seed, device=device)
-cifar_table = detectors.run_table(cifar, SPECS, n_boot=U.n_boot, seed=seed)
-cifar_table["set"] = cifar_table[names.OOD_SET].str.replace(" test", "")
-grid = cifar_table.pivot_table(index=names.DETECTOR, columns="set", values=names.AUROC, sort=False)
-grid = grid.loc[[t for t in wide.index if t in grid.index]]
-fig, ax = plt.subplots(figsize=(1.0 * grid.shape[1] + 4, 0.42 * grid.shape[0] + 2))
-sns.heatmap(grid, annot=True, fmt=".0f", cmap="RdYlGn", vmin=0, vmax=100, center=50, ax=ax,
+fig, ax = plt.subplots(figsize=(1.0 * R.cifar_grid.shape[1] + 4, 0.42 * R.cifar_grid.shape[0] + 2))
+sns.heatmap(R.cifar_grid, annot=True, fmt=".0f", cmap="RdYlGn", vmin=0, vmax=100, center=50, ax=ax,
             cbar_kws={"label": "AUROC (%)"})
 ax.set_title("CIFAR-10 → each OOD set (AUROC %)")
 ax.set_xlabel("")
@@ -203,61 +151,15 @@ plt.show()
 # direction it loses, and the mechanism that explains it.
 
 # %%
-WHY = {
-    "log p": "a raw likelihood ranks simpler images higher (lower per-pixel variance, more constant pixels), "
-             "whichever set is in-distribution",
-    "likelihood ratio": "the background model carries the population-level statistics that dominate log p; "
-                        "subtracting it leaves what is specific to the ID data",
-    "input complexity": "it subtracts a compressor's code length, which removes the complexity bias in one "
-                        "direction and adds the opposite bias when the OOD set is the more complex one",
-    "typicality": "it asks whether log p is *typical*, not high, so it flags inputs that are too likely as well "
-                  "as too unlikely, but one input is a noisy test",
-    "DoSE": "a density per summary statistic learns each one's ID range, so an input can be atypical "
-            "in log-det or latent norm even when log p is high",
-    "flow on classifier features": "the classifier's features carry semantic content and none of the pixel "
-                                   "statistics, so the density is of *what* the image shows",
-}
-lines = []
-for title, row in wide.iterrows():
-    why = next((v for k, v in WHY.items() if k in title), "a classifier score: it never sees pixel statistics")
-    fwd, rev = row[FWD], row[REV]
-    status = ("reaches 95 % on both directions" if min(fwd, rev) >= 95 else
-              f"fails the {'reversed' if rev < fwd else 'forward'} pair ({min(fwd, rev):.1f} %)"
-              if min(fwd, rev) < 80 else f"stays below 95 % on the {'reversed' if rev < fwd else 'forward'} pair")
-    lines.append(f"* **{title}** — {fwd:.1f} % / {rev:.1f} % (forward / reversed): {status}; {why}.")
-display(Markdown("\n".join(lines)))
+display(Markdown("\n".join(R.what_works)))
 
 # %% [markdown]
 # ## Verdicts
 
 # %%
-TWO_WAY_CLAIMS = {"ren_likelihood_ratio": ("likelihood_ratio:model=pixelcnn", "≈ 99 % on FashionMNIST → MNIST with "
-                                         "PixelCNN++ (Ren et al. 2019; recalled, not re-checked)"),
-                "serra_input_complexity": ("input_complexity:codec=png", "Serrà et al. report FashionMNIST → MNIST "
-                                           "≈ 94-95 % with PNG and Glow (recalled)"),
-                "kirichenko_embeddings": ("feature_flow", "Kirichenko et al. report near-perfect detection with "
-                                          "flows on EfficientNet embeddings (recalled)")}
-rows = []
-for claim_id, (spec, reference) in TWO_WAY_CLAIMS.items():
-    t = detectors.title(spec)
-    per = {pair: by_seed[(by_seed[names.DETECTOR] == t) & (by_seed["pair"] == pair)][names.AUROC].tolist()
-           for pair in (FWD, REV)}
-    rows.append(claims.record(claim_id, {"method": t, "forward": per[FWD], "reverse": per[REV],
-                                         "reference": reference}, P.name, seed))
-dose = detectors.title("dose:model=glow")
-aurocs = {pair: float(wide.loc[dose, pair]) for pair in (FWD, REV)}
-aurocs.update({f"CIFAR-10 → {k}": float(v) for k, v in grid.loc[dose].items()})
-rows.append(claims.record("morningstar_dose", {"method": dose, "aurocs": aurocs}, P.name, seed))
-typ = detectors.typicality_table(cifar.likelihood("glow"), U.batch_sizes, seed=seed)
-fm_typ = detectors.typicality_table(ls.evaluate(P.glow.runs["fashion_mnist"], P.glow.n_eval,
-                                                P.glow.ood["fashion_mnist"], seed=seed, device=device),
-                                    U.batch_sizes, seed=seed)
-mn = fm_typ[fm_typ[names.OOD_SET] == glow.names["mnist"]].set_index("batch_size")[names.AUROC]
-rows.append(claims.record("typicality_needs_batches", {"pair": "FashionMNIST → MNIST", "single": float(mn.iloc[0]),
-                                                      "batch": float(mn.iloc[-1]), "m": int(mn.index[-1])},
-                          P.name, seed))
-rows.append(local_row)
-plots.show_table(claims.ledger_rows(rows), index=False)
+rows = [claims.record(claim_id, evidence, P.name, seed) for claim_id, evidence in R.evidence.items()
+        if claim_id != "kirichenko_local"]
+plots.show_table(claims.ledger_rows([*rows, local_row]), index=False)
 
 # %% [markdown]
 # ## Summary

@@ -97,3 +97,24 @@ SO_PER_STEP = "mean log factor per step (fit)"
 SO_TYPICAL = "typical factor at the largest K"
 SO_MEDIAN_BPD = "median bpd"
 SO_MAX_BPD = "max bpd"
+
+# ---------------------------------------------------------------------- chapter 15 (what works instead)
+#: One direction of a dataset pair, ``"FashionMNIST → MNIST"`` (ID title → OOD title).
+PAIR = "pair"
+#: The lower of a detector's two directions (mean AUROC %): a remedy has to work both ways.
+WORSE_DIRECTION = "worse direction"
+#: Share of a coupling layer's masked half its network predicts (Kirichenko et al.), per evaluation set.
+MEDIAN_R2 = "median R²"
+MEAN_R2 = "mean R²"
+#: The batch size M of the typicality test's tables (:func:`ood_core.generative_scores.typicality_auroc_by_batch_size`).
+BATCH_SIZE = "batch_size"
+
+
+def pair_title(id_title: str, ood_title: str) -> str:
+    """The :data:`PAIR` of a direction, e.g. ``"FashionMNIST → MNIST"``."""
+    return f"{id_title} → {ood_title}"
+
+
+def std_column(pair: str) -> str:
+    """The column of a pair's standard deviation over training seeds, e.g. ``"std FashionMNIST → MNIST"``."""
+    return "std " + pair

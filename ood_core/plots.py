@@ -291,3 +291,18 @@ def depth_shrinkage(depth_summary: pd.DataFrame, theory: dict[str, dict]) -> plt
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def coupling_views(views: dict, size: float = 2.6) -> plt.Figure:
+    """One row per set: the image, a coupling layer's masked half (its target) and the network's prediction of
+    it, in image space (:class:`ood_core.flow_diagnostics.CouplingView`, first image, channel mean).
+    ``views``: ``{set display name: CouplingView}``."""
+    fig, axes = plt.subplots(len(views), 3, figsize=(7.5, size * len(views)), squeeze=False)
+    for row, (name, v) in zip(axes, views.items()):
+        for ax, (title, img) in zip(row, (("image", v.image[0]), ("masked half (target)", v.target_image[0]),
+                                          ("network's prediction", v.prediction_image[0]))):
+            ax.imshow(img.mean(0).numpy(), cmap="gray")
+            ax.set_title(f"{name}: {title}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
