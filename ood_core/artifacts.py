@@ -44,6 +44,7 @@ import platform
 import shutil
 import tempfile
 import textwrap
+import time
 import tokenize
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,6 +90,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("classifier_tables", 5, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
                                   "ood_core.classifier_study"),
          "benchmark, percentile-sweep, local-vs-global and where-to-ASH tables of one evaluation"),
+    Kind("odin_scores", 1, ("ood_core.scores:odin", "ood_core.classifiers", "ood_core.classifier_study:ClassifierEvaluation.odin_scores"),
+         "ODIN scores of one network on one image set (input perturbation: a backward pass per image)"),
     Kind("feature_flow", 1, ("ood_core.feature_flow", "ood_core.train", "ood_core.experiment:train_feature_flow"),
          "a flow trained on a classifier's penultimate features (Kirichenko et al.)"),
     Kind("evidence", 2, ("ood_core.claims",), "the measured evidence of one claim, recorded by a chapter"),
@@ -550,7 +553,10 @@ class ArtifactStore:
         """Load the arrays for ``config`` or compute, save and return them."""
         if not self.exists(kind, config):
             log.info("computing %s/%s", kind, artifact_key(kind, config))
-            self.save(kind, config, arrays=compute(), meta=meta)
+            t0 = time.perf_counter()
+            arrays = compute()
+            # what each cached step cost (tools/artifact_costs.py sums it by kind)
+            self.save(kind, config, arrays=arrays, meta={"compute_s": round(time.perf_counter() - t0, 2), **(meta or {})})
         return self.load_arrays(kind, config)
 
     def clean_tmp(self) -> int:

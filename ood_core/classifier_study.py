@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -126,6 +127,18 @@ class ClassifierEvaluation:
         """Content digests of the ID test and OOD images (:func:`ood_core.artifacts.content_digest`), by set key."""
         return {names.ID_TEST: content_digest(self.id_set.x), **{k: content_digest(s.x) for k, s in self.ood_sets.items()}}
 
+    def odin_scores(self, x: torch.Tensor, temperature: float, epsilon: float) -> np.ndarray:
+        """ODIN scores of the images ``x`` (:func:`ood_core.scores.odin`), cached by network, image content
+        and setting: ODIN needs a backward pass through the network per image, the costliest score here, and
+        several tables and chapters score the same images."""
+        def compute():
+            return {"scores": scores.odin(self.trained.model, x, temperature=temperature, epsilon=epsilon).numpy()}
+
+        if self.key is None:
+            return compute()["scores"].astype(np.float64)
+        cfg = {"run": self.trained.run, "content": content_digest(x), "temperature": temperature, "epsilon": epsilon}
+        return (self.store or ArtifactStore()).cached_arrays("odin_scores", cfg, compute)["scores"].astype(np.float64)
+
     def _table(self, name: str, params, compute) -> pd.DataFrame:
         """``compute()`` once per (evaluation, table, params): several chapters show the same tables.
 
@@ -138,7 +151,10 @@ class ClassifierEvaluation:
         store = self.store or ArtifactStore()
         cfg = {**self.key, "images": self.images_digest, "table": name, "params": params}
         if not store.exists("classifier_tables", cfg):
-            store.save("classifier_tables", cfg, files={"table.csv": compute().to_csv(index=False)})
+            t0 = time.perf_counter()
+            table = compute()
+            store.save("classifier_tables", cfg, files={"table.csv": table.to_csv(index=False)},
+                       meta={"compute_s": round(time.perf_counter() - t0, 2)})
         return pd.read_csv(io.StringIO(store.read_text("classifier_tables", cfg, "table.csv")))
 
     def benchmark(self, specs) -> pd.DataFrame:

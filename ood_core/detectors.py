@@ -509,8 +509,10 @@ class ODIN(ClassifierDetector):
         self.temperature, self.epsilon = temperature, epsilon
 
     def score(self, ctx: Context, key: str) -> np.ndarray:
-        model = ctx.require_classifier().trained.model
-        return _np(scores.odin(model, ctx.images(key), temperature=self.temperature, epsilon=self.epsilon))
+        clf = ctx.require_classifier()
+        if hasattr(clf, "odin_scores"):  # a cached evaluation: computed once per network, images and setting
+            return clf.odin_scores(ctx.images(key), self.temperature, self.epsilon)
+        return _np(scores.odin(clf.trained.model, ctx.images(key), temperature=self.temperature, epsilon=self.epsilon))
 
 
 class LogLikelihood(Detector):

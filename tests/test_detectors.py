@@ -408,3 +408,24 @@ def test_classifier_tables_are_keyed_by_the_images_content(tmp_path):
     ev._table("benchmark", ["energy"], lambda: pytest.fail("the same images must read the cached table"))
     assert len(list((tmp_path / "classifier_tables").iterdir())) == 2
     assert isinstance(ev.trained, Trained)
+
+
+def test_odin_scores_are_cached_per_network_images_and_setting(tmp_path, monkeypatch):
+    from ood_core.artifacts import ArtifactStore
+    from ood_core.experiment import Trained
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x_id, x_ood = data.synthetic("uniform", 20, (1, 4, 4), seed=1), data.synthetic("gaussian", 12, (1, 4, 4), seed=2)
+    ev = cs.ClassifierEvaluation(Trained("tiny-linear", model, None), x_id, {"ood": x_ood}, {}, {}, {}, {},
+                                 key={"case": "odin cache"}, store=ArtifactStore(tmp_path))
+    first = ev.suite.scores("odin")
+    np.testing.assert_array_equal(first["ood"], scores.odin(model, x_ood.x).numpy().astype(np.float64))
+    assert len(list((tmp_path / "odin_scores").iterdir())) == 2  # ID test and the OOD set
+    calls, real_odin = [], scores.odin
+    monkeypatch.setattr(scores, "odin", lambda *a, **k: calls.append(1) or real_odin(*a, **k))
+    again = cs.ClassifierEvaluation(Trained("tiny-linear", model, None), x_id, {"ood": x_ood}, {}, {}, {}, {},
+                                    key={"case": "another table key"}, store=ArtifactStore(tmp_path))
+    np.testing.assert_array_equal(again.suite.scores("odin")["ood"], first["ood"])
+    assert not calls  # read from the cache, not recomputed
+    again.suite.scores("odin:epsilon=0")  # another setting is another entry
+    assert len(calls) == 2
