@@ -26,6 +26,7 @@ import pandas as pd
 
 from ood_core import names
 from ood_core.artifacts import ArtifactStore
+from ood_core.ash import SHAPER_TITLES
 
 NALISNICK = "Nalisnick et al."
 DJURISIC = "Djurisic et al."
@@ -379,30 +380,35 @@ def beats_energy_evidence(summary: pd.DataFrame, method: str) -> dict:
             "energy_fpr": float(e[names.FPR95]), "energy_auroc": float(e[names.AUROC])}
 
 
-def accuracy_evidence(sweep: pd.DataFrame, p: float = 90, shapers=("ASH-S", "ASH-B")) -> dict:
-    """Unpruned accuracy (ASH-P at p = 0 is the identity) and the shapers' accuracy at ``p``."""
-    unpruned = sweep.query("percentile == 0 and shaper == 'ASH-P'")
-    base = (unpruned if len(unpruned) else sweep.query("percentile == 0"))[names.ID_ACCURACY].iloc[0]
-    at = sweep[(sweep["percentile"] == p) & sweep["shaper"].isin(shapers)].set_index("shaper")[names.ID_ACCURACY]
+def accuracy_evidence(sweep: pd.DataFrame, p: float = 90,
+                      shapers=(SHAPER_TITLES["ash_s"], SHAPER_TITLES["ash_b"])) -> dict:
+    """Unpruned accuracy (ASH-P at p = 0 is the identity) and the shapers' accuracy at ``p``, from a
+    percentile sweep (:func:`ood_core.classifier_study.percentile_sweep`; shapers by their titles)."""
+    at_zero = sweep[sweep[names.PERCENTILE] == 0]
+    unpruned = at_zero[at_zero[names.SHAPER] == SHAPER_TITLES["ash_p"]]
+    base = (unpruned if len(unpruned) else at_zero)[names.ID_ACCURACY].iloc[0]
+    at = sweep[(sweep[names.PERCENTILE] == p) & sweep[names.SHAPER].isin(shapers)].set_index(names.SHAPER)[
+        names.ID_ACCURACY]
     return {"base": float(base), "at_p": {k: float(v) for k, v in at.items()}, "p": p}
 
 
 def local_evidence(lg: pd.DataFrame) -> dict:
-    wide = lg.pivot_table(index=["shaper", "percentile"], columns="threshold", values=names.AUROC)
-    wins = float((wide["local (per sample)"] > wide["global (from ID train)"]).mean())
+    """Evidence for :data:`LOCAL` from :func:`ood_core.classifier_study.local_vs_global`."""
+    wide = lg.pivot_table(index=[names.SHAPER, names.PERCENTILE], columns=names.THRESHOLD, values=names.AUROC)
+    wins = float((wide[names.LOCAL_THRESHOLD] > wide[names.GLOBAL_THRESHOLD]).mean())
     return {"wins": wins, "pairs": int(len(wide))}
 
 
 def penultimate_evidence(where: pd.DataFrame) -> dict:
-    return {"auroc": {str(k): float(v) for k, v in where.set_index("stage")[names.AUROC].items()}}
+    return {"auroc": {str(k): float(v) for k, v in where.set_index(names.STAGE)[names.AUROC].items()}}
 
 
 def per_set_evidence(anatomy: pd.DataFrame, percentile: float = 95) -> dict:
     """Evidence for :data:`PER_SET` from :func:`ood_core.classifier_study.ash_s_anatomy`."""
-    p = f"{percentile:g}"
-    rows = anatomy.dropna(subset=[f"AUROC ASH-S@{p} (both)"])
-    return {"sets": {r[names.SET]: (float(r[f"AUROC ASH-S@{p} (both)"]), float(r["AUROC energy"]),
-                                    float(r["AUROC s1/s2 alone"])) for _, r in rows.iterrows()}}
+    both = names.auroc_both(percentile)
+    rows = anatomy.dropna(subset=[both])
+    return {"sets": {r[names.SET]: (float(r[both]), float(r[names.AUROC_ENERGY]), float(r[names.AUROC_RATIO]))
+                     for _, r in rows.iterrows()}}
 
 
 def scale_evidence(summary: pd.DataFrame, scale: str, ash_s: str) -> dict:

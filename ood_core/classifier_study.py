@@ -316,16 +316,15 @@ def anatomy_summary(table: pd.DataFrame, percentile: float = 95) -> dict:
     """One network's :func:`ash_s_anatomy` table in a row: the ID median of ``s1/s2``, the median over the
     OOD sets of their medians, mean AUROCs over the OOD sets (energy, ``s1/s2`` alone, SCALE, ASH-S), the
     number of sets on which ASH-S beats energy, and the effect word of :func:`ash_s_effect`."""
-    p = f"{percentile:g}"
-    ood = table.dropna(subset=["AUROC energy"])
-    both, scale = f"AUROC ASH-S@{p} (both)", f"AUROC SCALE@{p} (scale)"
-    energy, ash_s = float(ood["AUROC energy"].mean()), float(ood[both].mean())
-    return {"ID median s1/s2": float(table["median s1/s2"].iloc[0]),
-            "OOD median s1/s2": float(ood["median s1/s2"].median()),
-            "AUROC s1/s2 alone": float(ood["AUROC s1/s2 alone"].mean()), "AUROC energy": energy,
-            f"AUROC SCALE@{p}": float(ood[scale].mean()), f"AUROC ASH-S@{p}": ash_s,
-            "sets where ASH-S beats energy": f"{int((ood[both] > ood['AUROC energy']).sum())} of {len(ood)}",
-            "ASH-S": ash_s_effect(energy, ash_s)}
+    ood = table.dropna(subset=[names.AUROC_ENERGY])
+    both, scale = names.auroc_both(percentile), names.auroc_scaled(percentile)
+    energy, ash_s = float(ood[names.AUROC_ENERGY].mean()), float(ood[both].mean())
+    return {names.ID_MEDIAN_RATIO: float(table[names.MEDIAN_RATIO].iloc[0]),
+            names.OOD_MEDIAN_RATIO: float(ood[names.MEDIAN_RATIO].median()),
+            names.AUROC_RATIO: float(ood[names.AUROC_RATIO].mean()), names.AUROC_ENERGY: energy,
+            names.mean_auroc_scale(percentile): float(ood[scale].mean()), names.mean_auroc_ash_s(percentile): ash_s,
+            names.ASH_S_WINS: f"{int((ood[both] > ood[names.AUROC_ENERGY]).sum())} of {len(ood)}",
+            names.ASH_S_EFFECT: ash_s_effect(energy, ash_s)}
 
 
 INVERSION_FOLDER = "ash_inversion"
@@ -344,9 +343,9 @@ def inversion_ablation(root=None) -> tuple[pd.DataFrame, dict, dict] | None:
 def inversion_summary(long: pd.DataFrame, percentile: float = 95) -> pd.DataFrame:
     """Per variant of the ablation: test accuracy and :func:`anatomy_summary` at ``percentile``."""
     rows = []
-    for variant, g in long[long["percentile"] == percentile].groupby("variant", sort=False):
+    for variant, g in long[long[names.PERCENTILE] == percentile].groupby("variant", sort=False):
         rows.append({"variant": variant, "what": g["what"].iloc[0], "test accuracy (%)": g["test accuracy (%)"].iloc[0],
-                     **anatomy_summary(g.drop(columns=["variant", "what", "percentile", "test accuracy (%)"]),
+                     **anatomy_summary(g.drop(columns=["variant", "what", names.PERCENTILE, "test accuracy (%)"]),
                                        percentile)})
     return pd.DataFrame(rows).set_index("variant")
 
@@ -431,7 +430,7 @@ def percentile_sweep(suite: detectors.Suite, percentiles, shapers=SWEEP_SHAPERS)
         for p in percentiles:
             spec = f"{name}@{p:g}"
             mean = _mean_metrics(suite.scores(spec), suite.ctx.ood_keys)
-            rows.append({"shaper": SHAPER_NAMES[name], "percentile": p, names.ID_ACCURACY: suite.accuracy(spec),
+            rows.append({names.SHAPER: SHAPER_NAMES[name], names.PERCENTILE: p, names.ID_ACCURACY: suite.accuracy(spec),
                          names.FPR95: mean[names.FPR95], names.AUROC: mean[names.AUROC]})
     return pd.DataFrame(rows)
 
@@ -467,7 +466,7 @@ def local_vs_global(suite: detectors.Suite, percentiles, shapers=("ash_p", "ash_
     for name in shapers:
         for p in percentiles:
             t = ash.global_threshold(train_features, p)
-            for variant, kw in (("local (per sample)", {"percentile": p}), ("global (from ID train)", {"threshold": t})):
+            for variant, kw in ((names.LOCAL_THRESHOLD, {"percentile": p}), (names.GLOBAL_THRESHOLD, {"threshold": t})):
                 with torch.no_grad():
                     logits = {k: _logits(model, *_shaped(name, torch.from_numpy(suite.ctx.features(k)["features"]), **kw))
                               for k in suite.ctx.keys}
@@ -476,9 +475,9 @@ def local_vs_global(suite: detectors.Suite, percentiles, shapers=("ash_p", "ash_
                     shaped, _ = _shaped(name, torch.from_numpy(clf.id_feats["features"]), **kw)
                     pruned = 100.0 * (shaped == 0).float().mean().item()
                 mean = _mean_metrics(sc, suite.ctx.ood_keys)
-                rows.append({"shaper": SHAPER_NAMES[name], "percentile": p, "threshold": variant,
+                rows.append({names.SHAPER: SHAPER_NAMES[name], names.PERCENTILE: p, names.THRESHOLD: variant,
                              names.FPR95: mean[names.FPR95], names.AUROC: mean[names.AUROC], names.ID_ACCURACY: acc,
-                             "pruned on ID test (%)": pruned})
+                             names.PRUNED_ON_ID: pruned})
     return pd.DataFrame(rows)
 
 
@@ -491,14 +490,15 @@ def ash_s_anatomy(suite: detectors.Suite, percentile: float = 95) -> pd.DataFram
     """
     ctx = suite.ctx
     p = f"{percentile:g}"
-    columns = {"s1/s2 alone": f"ash_exponent@{p}", "energy": "energy", f"ASH-P@{p} (prune)": f"ash_p@{p}",
-               f"SCALE@{p} (scale)": f"scale@{p}", f"ASH-S@{p} (both)": f"ash_s@{p}"}
+    columns = {names.AUROC_RATIO: f"ash_exponent@{p}", names.AUROC_ENERGY: "energy",
+               names.auroc_pruned(percentile): f"ash_p@{p}", names.auroc_scaled(percentile): f"scale@{p}",
+               names.auroc_both(percentile): f"ash_s@{p}"}
     sc = {col: suite.scores(spec) for col, spec in columns.items()}
     rows = []
     for key in ctx.keys:
-        row = {names.SET: ctx.sets[key].name, "median s1/s2": float(np.median(sc["s1/s2 alone"][key]))}
+        row = {names.SET: ctx.sets[key].name, names.MEDIAN_RATIO: float(np.median(sc[names.AUROC_RATIO][key]))}
         if key != names.ID_TEST:
-            row.update({f"AUROC {col}": 100 * metrics.auroc(v[names.ID_TEST], v[key]) for col, v in sc.items()})
+            row.update({col: 100 * metrics.auroc(v[names.ID_TEST], v[key]) for col, v in sc.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -525,7 +525,7 @@ def where_to_ash(trained: Trained, id_set: data.ImageSet, ood_sets: dict[str, da
         per = {s.name: scores.energy(run(s.x)).numpy() for s in ood_sets.values()}
         mean = metrics.metrics_table(s_id, per).loc[names.MEAN_ROW]
         acc = 100.0 * (lid.argmax(1).cpu() == id_set.y).float().mean().item()
-        rows.append({"stage": stage, names.ID_ACCURACY: acc, names.FPR95: mean[names.FPR95],
+        rows.append({names.STAGE: stage, names.ID_ACCURACY: acc, names.FPR95: mean[names.FPR95],
                      names.AUROC: mean[names.AUROC]})
     return pd.DataFrame(rows)
 

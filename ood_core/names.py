@@ -118,3 +118,50 @@ def pair_title(id_title: str, ood_title: str) -> str:
 def std_column(pair: str) -> str:
     """The column of a pair's standard deviation over training seeds, e.g. ``"std FashionMNIST → MNIST"``."""
     return "std " + pair
+
+
+# ---------------------------------------------------------------------- 12_ash_ablations: ASH ablation tables
+#: Columns of the percentile sweep, local-vs-global and where-to-ASH tables (:mod:`ood_core.classifier_study`).
+SHAPER = "shaper"
+PERCENTILE = "percentile"
+THRESHOLD = "threshold"
+#: The two values of the ``THRESHOLD`` column: a per-sample percentile against one from ID training activations.
+LOCAL_THRESHOLD = "local (per sample)"
+GLOBAL_THRESHOLD = "global (from ID train)"
+PRUNED_ON_ID = "pruned on ID test (%)"
+STAGE = "stage"
+#: The ASH-S anatomy (``classifier_study.ash_s_anatomy``): the median of the exponent s1/s2 and per-set AUROCs.
+MEDIAN_RATIO = "median s1/s2"
+AUROC_RATIO = "AUROC s1/s2 alone"
+AUROC_ENERGY = "AUROC energy"
+#: One network's anatomy in a row (``classifier_study.anatomy_summary``).
+ID_MEDIAN_RATIO = "ID median s1/s2"
+OOD_MEDIAN_RATIO = "OOD median s1/s2"
+ASH_S_WINS = "sets where ASH-S beats energy"
+#: What ASH-S does to energy, one of ``classifier_study.EFFECTS``.
+ASH_S_EFFECT = "ASH-S"
+
+
+def auroc_pruned(percentile: float) -> str:
+    """The anatomy's AUROC column of ASH-P (pruning alone), e.g. ``"AUROC ASH-P@95 (prune)"``."""
+    return f"AUROC ASH-P@{percentile:g} (prune)"
+
+
+def auroc_scaled(percentile: float) -> str:
+    """The anatomy's AUROC column of SCALE (scaling alone), e.g. ``"AUROC SCALE@95 (scale)"``."""
+    return f"AUROC SCALE@{percentile:g} (scale)"
+
+
+def auroc_both(percentile: float) -> str:
+    """The anatomy's AUROC column of ASH-S (pruning and scaling), e.g. ``"AUROC ASH-S@95 (both)"``."""
+    return f"AUROC ASH-S@{percentile:g} (both)"
+
+
+def mean_auroc_scale(percentile: float) -> str:
+    """A network's mean SCALE AUROC over the OOD sets (``anatomy_summary``), e.g. ``"AUROC SCALE@95"``."""
+    return f"AUROC SCALE@{percentile:g}"
+
+
+def mean_auroc_ash_s(percentile: float) -> str:
+    """A network's mean ASH-S AUROC over the OOD sets (``anatomy_summary``), e.g. ``"AUROC ASH-S@95"``."""
+    return f"AUROC ASH-S@{percentile:g}"

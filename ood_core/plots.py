@@ -306,3 +306,73 @@ def coupling_views(views: dict, size: float = 2.6) -> plt.Figure:
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+# --- ASH ablations (chapter 12) -----------------------------------------------------------------
+
+_SWEEP_METRICS = (names.ID_ACCURACY, names.FPR95, names.AUROC)
+
+
+def percentile_sweeps(sweeps: dict[str, pd.DataFrame], baselines: dict[str, pd.Series] | None = None,
+                      titles: bool = True, suptitle: str = "") -> plt.Figure:
+    """ID accuracy, FPR95 and AUROC against the percentile, one row per network (``shaper`` as hue, rows
+    titled by network if ``titles``); ``baselines`` (per network, a row with the same columns) is drawn
+    dashed, e.g. plain energy."""
+    fig, axes = plt.subplots(len(sweeps), 3, figsize=(15, 3.8 * len(sweeps)), squeeze=False)
+    for row, (label, sw) in zip(axes, sweeps.items()):
+        for ax, col in zip(row, _SWEEP_METRICS):
+            sns.lineplot(sw, x=names.PERCENTILE, y=col, hue=names.SHAPER, marker="o", ax=ax, legend=ax is row[-1])
+            if baselines is not None:
+                ax.axhline(baselines[label][col], color="gray", ls="--", lw=1)
+            ax.set(xlabel="percentile p")
+            if titles:
+                ax.set(title=label if col == _SWEEP_METRICS[0] else "")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def labelled_scatter(table: pd.DataFrame, x: str, y: str, labels, ax: plt.Axes, **kwargs) -> plt.Axes:
+    """A seaborn scatter of ``table`` (``kwargs`` go to ``sns.scatterplot``) with each point annotated by
+    its entry of ``labels`` (one per row, in order; small type)."""
+    sns.scatterplot(table, x=x, y=y, s=70, ax=ax, **kwargs)
+    for text, (_, r) in zip(labels, table.iterrows()):
+        ax.annotate(text, (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    return ax
+
+
+def where_to_ash_bars(where: pd.DataFrame, labels) -> plt.Figure:
+    """Per network: mean AUROC of ASH after each block (bars) and the ID accuracy (line, right axis);
+    ``where`` is indexed by (network, stage)."""
+    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 3.6), squeeze=False)
+    for ax1, label in zip(axes[0], labels):
+        w = where.loc[label].reset_index()
+        sns.barplot(w, x=names.STAGE, y=names.AUROC, color="C0", ax=ax1)
+        ax1.set_ylim(min(50, w[names.AUROC].min() - 5), 100)
+        ax1.set_title(label)
+        ax2 = ax1.twinx()
+        ax2.plot(range(len(w)), w[names.ID_ACCURACY], "o-", color="C3")
+        ax2.set_ylabel(names.ID_ACCURACY, color="C3")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_tradeoff(tradeoff: dict[str, pd.DataFrame], groups: dict[str, str], columns) -> plt.Figure:
+    """Every method's ID accuracy against its mean AUROC per column (e.g. near and far OOD), one row per
+    network; ``tradeoff`` tables are indexed by method title, ``groups`` colours the methods."""
+    fig, axes = plt.subplots(len(tradeoff), len(columns), figsize=(6.5 * len(columns), 4.6 * len(tradeoff)),
+                             squeeze=False)
+    for row, (label, t) in zip(axes, tradeoff.items()):
+        points = t.reset_index().assign(group=lambda d: d[names.METHOD].map(groups))
+        unpruned = t.loc["energy", names.ID_ACCURACY]
+        for ax, col in zip(row, columns):
+            sns.scatterplot(points, x=col, y=names.ID_ACCURACY, hue="group", style="group", s=70, ax=ax,
+                            legend=ax is row[-1])
+            for _, r in points.iterrows():  # methods that keep the prediction share one line: labels upright there
+                ax.annotate(r[names.METHOD], (r[col], r[names.ID_ACCURACY]), fontsize=7, xytext=(2, 4),
+                            textcoords="offset points", rotation=90 if r[names.ID_ACCURACY] == unpruned else 0)
+            ax.margins(y=0.3)
+            ax.set(xlabel=f"mean {col} (%)", title=f"{label}: {col.split()[0]}-OOD")
+    fig.tight_layout()
+    return fig
