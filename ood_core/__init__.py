@@ -23,7 +23,8 @@ its own or a lower layer, and the import graph has no cycle.
    held-out sets, committed results), ``likelihood_study`` and ``classifier_study`` (evaluations and
    their tables), ``detectors`` (the detector contract, registry and suite), ``benchmarks`` (which
    models a list of detectors needs, on one set of images), ``claims`` (the claims registry and
-   ledger), ``profiles`` (every scale knob).
+   ledger), ``profiles`` (every scale knob), ``ash_benchmark`` (the ASH benchmark chapter's tables and
+   evidence in one call).
 5. **interfaces** -- ``plots``, ``cli`` (``python -m ood_core``), ``bench``.
 
 Conventions used everywhere in the package:
@@ -46,6 +47,6 @@ LAYERS: dict[str, int] = {
                      "pretrained", "train"), 2),
     **dict.fromkeys(("ash", "scores", "generative_scores", "second_order", "graying", "flow_diagnostics"), 3),
     **dict.fromkeys(("families", "experiment", "likelihood_study", "classifier_study", "detectors", "claims",
-                     "benchmarks", "profiles"), 4),
+                     "benchmarks", "profiles", "ash_benchmark"), 4),
     **dict.fromkeys(("plots", "cli", "bench", "bench_reference", "__main__"), 5),
 }
