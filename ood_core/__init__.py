@@ -25,7 +25,8 @@ its own or a lower layer, and the import graph has no cycle.
    detector contract, registry and suite), ``benchmarks`` (which models a list of detectors needs,
    on one set of images), ``claims`` (the claims registry and ledger), ``profiles`` (every scale
    knob), ``remedies_study`` (the remedies for the likelihood's failure on both directions of a
-   pair), ``ash_ablations`` (the ASH paper's ablations in one call).
+   pair), ``ash_benchmark`` (the ASH benchmark chapter's tables and evidence in one call),
+   ``ash_ablations`` (the ASH paper's ablations in one call).
 5. **interfaces** -- ``plots``, ``cli`` (``python -m ood_core``), ``bench``.
 
 Conventions used everywhere in the package:
@@ -48,6 +49,7 @@ LAYERS: dict[str, int] = {
                      "pretrained", "train"), 2),
     **dict.fromkeys(("ash", "scores", "generative_scores", "second_order", "graying", "flow_diagnostics"), 3),
     **dict.fromkeys(("families", "experiment", "likelihood_study", "classifier_study", "detectors", "claims",
-                     "benchmarks", "profiles", "second_order_study", "remedies_study", "ash_ablations"), 4),
+                     "benchmarks", "profiles", "second_order_study", "remedies_study", "ash_ablations",
+                     "ash_benchmark"), 4),
     **dict.fromkeys(("plots", "cli", "bench", "bench_reference", "__main__"), 5),
 }

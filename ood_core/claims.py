@@ -420,14 +420,15 @@ def scale_evidence(summary: pd.DataFrame, scale: str, ash_s: str) -> dict:
 def near_far_evidence(near_far: pd.DataFrame, method: str, which: str) -> dict:
     """Evidence for :data:`BEATS_ENERGY` on the ``which`` ("near" or "far") averages of a near/far summary."""
     a, e = near_far.loc[method], near_far.loc["energy"]
-    return {"method": method, "fpr": float(a[f"{which} FPR95"]), "auroc": float(a[f"{which} AUROC"]),
-            "energy_fpr": float(e[f"{which} FPR95"]), "energy_auroc": float(e[f"{which} AUROC"])}
+    fpr, auroc = names.NEAR_FAR_COLUMNS[which]
+    return {"method": method, "fpr": float(a[fpr]), "auroc": float(a[auroc]),
+            "energy_fpr": float(e[fpr]), "energy_auroc": float(e[auroc])}
 
 
 def ranking_evidence(near_far: pd.DataFrame, openood: Mapping[str, tuple[float, float]], ash: str) -> dict:
     """Evidence for :data:`RANKING`: methods ranked by the mean of near and far AUROC, ours and OpenOOD's
     (over the methods both have; OpenOOD's "ASH" is matched to ``ash``)."""
-    ours = ((near_far["near AUROC"] + near_far["far AUROC"]) / 2).dropna()
+    ours = ((near_far[names.NEAR_AUROC] + near_far[names.FAR_AUROC]) / 2).dropna()
     theirs = {(ash if m == "ASH" else m): (n + f) / 2 for m, (n, f) in openood.items()}
     common = [m for m in ours.index if m in theirs]
     ours = ours[common].sort_values(ascending=False)

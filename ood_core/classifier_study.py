@@ -289,7 +289,7 @@ def fixed_and_validated(ev: ClassifierEvaluation, choice: pd.DataFrame, near: li
         long = ev.benchmark(["energy", *specs])
         nf = near_far_summary(long, near, synthetic)
         mean = summary(long)[[names.FPR95, names.AUROC]].rename(columns=lambda c: f"mean {c}")
-        out = pd.concat([nf[["near FPR95", "near AUROC", "far FPR95", "far AUROC"]], mean,
+        out = pd.concat([nf[[names.NEAR_FPR95, names.NEAR_AUROC, names.FAR_FPR95, names.FAR_AUROC]], mean,
                          nf[[names.ID_ACCURACY]]], axis=1).drop(index="energy").reset_index()
         out.insert(0, names.P_CHOSEN_BY, how)
         frames.append(out)
@@ -393,15 +393,15 @@ def near_far_summary(long: pd.DataFrame, near: list[str], synthetic: list[str] =
     near_rows = per[per[names.OOD].isin(near)]
     far_rows = per[~per[names.OOD].isin([*near, *synthetic])]
     out = pd.DataFrame({
-        "near FPR95": near_rows.groupby(names.METHOD, sort=False)[names.FPR95].mean(),
-        "near AUROC": near_rows.groupby(names.METHOD, sort=False)[names.AUROC].mean(),
-        "far FPR95": far_rows.groupby(names.METHOD, sort=False)[names.FPR95].mean(),
-        "far AUROC": far_rows.groupby(names.METHOD, sort=False)[names.AUROC].mean(),
+        names.NEAR_FPR95: near_rows.groupby(names.METHOD, sort=False)[names.FPR95].mean(),
+        names.NEAR_AUROC: near_rows.groupby(names.METHOD, sort=False)[names.AUROC].mean(),
+        names.FAR_FPR95: far_rows.groupby(names.METHOD, sort=False)[names.FPR95].mean(),
+        names.FAR_AUROC: far_rows.groupby(names.METHOD, sort=False)[names.AUROC].mean(),
         names.ID_ACCURACY: per.groupby(names.METHOD, sort=False)[names.ID_ACCURACY].first(),
     })
     out = out.reindex(list(dict.fromkeys(per[names.METHOD])))
-    out["OpenOOD near AUROC (R18)"] = [OPENOOD_CIFAR10.get(m, (np.nan, np.nan))[0] for m in out.index]
-    out["OpenOOD far AUROC (R18)"] = [OPENOOD_CIFAR10.get(m, (np.nan, np.nan))[1] for m in out.index]
+    out[names.OPENOOD_NEAR_AUROC] = [OPENOOD_CIFAR10.get(m, (np.nan, np.nan))[0] for m in out.index]
+    out[names.OPENOOD_FAR_AUROC] = [OPENOOD_CIFAR10.get(m, (np.nan, np.nan))[1] for m in out.index]
     out.index.name = names.METHOD
     return out
 

@@ -165,3 +165,31 @@ def mean_auroc_scale(percentile: float) -> str:
 def mean_auroc_ash_s(percentile: float) -> str:
     """A network's mean ASH-S AUROC over the OOD sets (``anatomy_summary``), e.g. ``"AUROC ASH-S@95"``."""
     return f"AUROC ASH-S@{percentile:g}"
+
+
+# ---------------------------------------------------------------------- chapter 11: the ASH benchmark
+#: Near/far summaries (:func:`ood_core.classifier_study.near_far_summary`): means over OpenOOD v1.5's
+#: near-OOD sets and over the far ones, and OpenOOD's published ResNet-18 AUROCs beside them.
+NEAR_FPR95 = "near FPR95"
+NEAR_AUROC = "near AUROC"
+FAR_FPR95 = "far FPR95"
+FAR_AUROC = "far AUROC"
+#: ``{split: (FPR95 column, AUROC column)}`` of a near/far summary, for ``split`` "near" or "far".
+NEAR_FAR_COLUMNS = {"near": (NEAR_FPR95, NEAR_AUROC), "far": (FAR_FPR95, FAR_AUROC)}
+OPENOOD_NEAR_AUROC = "OpenOOD near AUROC (R18)"
+OPENOOD_FAR_AUROC = "OpenOOD far AUROC (R18)"
+#: Mean AUROC over the synthetic sets (noise, constant images), kept out of the near and far averages.
+SYNTHETIC_AUROC = "synthetic AUROC"
+#: Our near/far AUROC beside OpenOOD v1.5's, and ours minus theirs (AUROC points).
+NEAR_AUROC_OURS = "near AUROC (ours)"
+NEAR_AUROC_OPENOOD = "near AUROC (OpenOOD)"
+FAR_AUROC_OURS = "far AUROC (ours)"
+FAR_AUROC_OPENOOD = "far AUROC (OpenOOD)"
+NEAR_DELTA = "near Δ"
+FAR_DELTA = "far Δ"
+#: ``{split: (ours column, OpenOOD column)}`` of the comparison with OpenOOD v1.5.
+OPENOOD_COMPARISON = {"near": (NEAR_AUROC_OURS, NEAR_AUROC_OPENOOD), "far": (FAR_AUROC_OURS, FAR_AUROC_OPENOOD)}
+#: The table of classifiers: how each network was trained, how many test images count, the accuracy published.
+TRAINED = "trained"
+TEST_IMAGES = "test images"
+PUBLISHED_ACCURACY = "published accuracy (%)"

@@ -376,3 +376,47 @@ def accuracy_tradeoff(tradeoff: dict[str, pd.DataFrame], groups: dict[str, str],
             ax.set(xlabel=f"mean {col} (%)", title=f"{label}: {col.split()[0]}-OOD")
     fig.tight_layout()
     return fig
+
+
+# --- chapter 11: the ASH benchmark ----------------------------------------------------------------
+
+def openood_scatter(vs: pd.DataFrame, title: str) -> plt.Figure:
+    """Our near- and far-OOD AUROC against OpenOOD v1.5's, one labelled point per method (dashed: equal).
+
+    ``vs`` has the columns of ``names.OPENOOD_COMPARISON`` (:func:`ood_core.ash_benchmark.openood_comparison`).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    for ax, which in zip(axes, ("near", "far")):
+        ours, theirs = names.OPENOOD_COMPARISON[which]
+        ax.scatter(vs[theirs], vs[ours], color="C0")
+        for method, r in vs.iterrows():
+            ax.annotate(method, (r[theirs], r[ours]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        lo = min(50, np.nanmin(vs[[ours, theirs]].to_numpy()) - 2)
+        ax.plot([lo, 100], [lo, 100], "k--", lw=0.8)
+        ax.set(xlabel=f"OpenOOD v1.5 {which}-OOD AUROC (%)", ylabel=f"ours, {which}-OOD AUROC (%)",
+               title=f"{which}-OOD")
+    fig.suptitle(f"{title} (dashed: equal)")
+    fig.tight_layout()
+    return fig
+
+
+def auroc_heatmap(grid: pd.DataFrame, title: str, row_height: float = 0.42, divider: int | None = None
+                  ) -> plt.Figure:
+    """AUROC (%) per method (rows) and OOD set (columns), annotated; a white line before column ``divider``."""
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, row_height * grid.shape[0] + 1.5))
+    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, ax=ax,
+                cbar_kws={"label": "AUROC (%)"})
+    if divider is not None:
+        ax.axvline(divider, color="white", lw=3)
+    ax.set_title(title)
+    return fig
+
+
+def auroc_fpr_heatmaps(auroc: pd.DataFrame, fpr: pd.DataFrame, label: str) -> plt.Figure:
+    """AUROC and FPR95 (%) per method and OOD set side by side, for the network ``label``."""
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 * auroc.shape[1] + 6, 0.42 * auroc.shape[0] + 1.8), sharey=True)
+    for ax, g, what, cmap in ((axes[0], auroc, "AUROC (%)", "viridis"), (axes[1], fpr, "FPR95 (%)", "viridis_r")):
+        sns.heatmap(g, annot=True, fmt=".1f", cmap=cmap, vmin=0, vmax=100, ax=ax, cbar_kws={"label": what})
+        ax.set_title(f"{what} per OOD set — {label}")
+    fig.tight_layout()
+    return fig
