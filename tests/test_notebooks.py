@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 import yaml
@@ -43,6 +44,23 @@ def test_notebooks_have_typed_parameters_and_no_defs():
         assert cell, f"{nb.name}: no parameters cell"
         assert re.search(r"^profile: str = ", cell.group(1), flags=re.M), f"{nb.name}: no typed profile parameter"
         assert not re.search(r"^\s*(def|class) ", text, flags=re.M), f"{nb.name}: defines functions (move them to ood_core)"
+
+
+#: The most lines of code a chapter keeps: its computation is one ``ood_core`` call; narrative, parameters, tables
+#: and plots stay in the chapter.
+MAX_CODE_LINES = 120
+
+
+def test_chapters_are_thin():
+    def code_lines(path):
+        nb = jupytext.read(path)
+        return sum(1 for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+                   if line.strip() and not line.strip().startswith("#"))
+
+    counts = {nb.name: code_lines(nb) for nb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))}
+    assert len(counts) == 17
+    fat = {name: n for name, n in counts.items() if n > MAX_CODE_LINES}
+    assert not fat, f"chapters over {MAX_CODE_LINES} lines of code (move the computation into ood_core): {fat}"
 
 
 @pytest.fixture(scope="session")
