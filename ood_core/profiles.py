@@ -4,7 +4,7 @@ Three profiles, selected by one notebook parameter (``profile``):
 
 * ``smoke`` -- seconds per notebook; the test suite and CI run every notebook with it. Its numbers
   mean nothing; it only proves the code path works end to end on real data.
-* ``cpu`` (default) -- the whole book on a 2-core CPU in under an hour (51 minutes measured), still showing each
+* ``cpu`` (default) -- the whole book on a 2-core CPU in under an hour (41 minutes measured from an empty cache), still showing each
   paper's effect on real data with small models and short training.
 * ``paper`` -- paper-scale models (Glow K=32, width 512; CIFAR ResNet-18 / DenseNet-BC-100), meant
   for a GPU. Its small results (per-example scores, curves, metrics, config, hardware) are committed
