@@ -35,7 +35,7 @@ from ood_core import data, names
 from ood_core.artifacts import ArtifactStore, is_main_process, results_root, wait_for_main_process
 from ood_core.classifiers import ClassifierConfig
 from ood_core.families import Family, family
-from ood_core.train import TrainConfig, train
+from ood_core.train import TrainConfig, derive_seed, train
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,15 @@ def default_device(device=None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def seeded_init(build, seed: int):
+    """``build()`` with the global torch generator seeded from ``seed`` (and restored afterwards): a model's
+    initial weights are a function of its run, not of whatever drew random numbers earlier in the process
+    (without this, the same run trained in two processes gave different weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        return build()
+
+
 def train_or_load(run, store: ArtifactStore | None = None, device=None, progress: bool = True) -> Trained:
     """The trained model of ``run`` and its curves: from the cache, or trained (resumably) and cached.
 
@@ -196,7 +205,7 @@ def train_or_load(run, store: ArtifactStore | None = None, device=None, progress
     device = default_device(device)
     spec = run.spec
     kind, key = spec.model_kind, run.key()
-    model = spec.build(run)
+    model = seeded_init(lambda: spec.build(run), run.train.seed)
     if not store.exists(kind, key):
         parts = spec.training(run)
         model.to(device)
@@ -229,7 +238,7 @@ def train_feature_flow(features, flow: Any, train_config: TrainConfig, store: Ar
     store = store or ArtifactStore()
     f = torch.as_tensor(features, dtype=torch.float32)
     key = {"features": content_digest(f, 32), "n": len(f), "flow": flow, "train": train_config}
-    model = FeatureFlow(flow)
+    model = seeded_init(lambda: FeatureFlow(flow), train_config.seed)
     model.fit_standardization(f)
     if not store.exists("feature_flow", key):
         t0 = time.time()

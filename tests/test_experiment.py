@@ -285,3 +285,22 @@ def test_heldout_images_are_disjoint_by_content_from_training_and_evaluation(mon
     assert held <= _contents(splits[source].x) and heldout.name.endswith(f"{source} (held-out)")
     # the whole test split in the evaluation leaves nothing to hold out when the model saw the whole training split
     assert experiment.heldout_set(dataclasses.replace(run, n_train=None), None, seed) is None
+
+
+def test_initial_weights_are_a_function_of_the_run_not_of_the_process():
+    # the same run trained in two processes once started from different weights: the global generator's state
+    # at build time depended on what the process had drawn before
+    from ood_core.experiment import seeded_init
+    from ood_core.profiles import get_profile
+
+    run = get_profile("smoke").glow.runs["fashion_mnist"]
+    torch.manual_seed(1)
+    a = seeded_init(lambda: run.spec.build(run), run.train.seed).state_dict()
+    torch.rand(17)
+    state = torch.random.get_rng_state()
+    b = seeded_init(lambda: run.spec.build(run), run.train.seed).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's stream is left as it was
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = run.with_seed(run.train.seed + 1)
+    c = seeded_init(lambda: other.spec.build(other), other.train.seed).state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 1)
