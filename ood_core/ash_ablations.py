@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ood_core import classifier_study as cs, claims, data, detectors, names, pretrained
+from ood_core import classifier_study as cs, claims, detectors, names, pretrained
 from ood_core.ash import SHAPER_TITLES
 from ood_core.profiles import get_profile
 
@@ -331,8 +331,7 @@ def study(profile: str, seed: int = 0, device: str = "cpu") -> AshAblations:
             external[e.run.label] = e
     nets = {**trained_here, **external}
     main = ev.trained.run.label
-    near = [ev.names[k] for k in C.near["cifar10"] if k in ev.names]
-    synthetic = [s.name for k, s in ev.ood_sets.items() if k.partition(":")[0] in data.SYNTHETIC]
+    near, synthetic = ev.near_names(C.near["cifar10"]), ev.synthetic_names
     sources = {label: f"{P.name} profile" if label == main else f"{P.name} profile, {label}" for label in nets}
     evidence: dict[str, dict[str, dict]] = {c: {} for c in CLAIM_IDS}
 

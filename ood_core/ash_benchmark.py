@@ -218,8 +218,7 @@ def study(profile: str, seed: int = 0, device=None) -> AshBenchmark:
     # the OOD sets: ours, the paper's, OpenOOD's
     ev = evals["cifar10"]
     label = ev.trained.run.label
-    near = [ev.names[k] for k in C.near["cifar10"] if k in ev.names]
-    synthetic = [s.name for k, s in ev.ood_sets.items() if k.partition(":")[0] in data.SYNTHETIC]
+    near, synthetic = ev.near_names(C.near["cifar10"]), ev.synthetic_names
     set_rows = []
     for key in C.ood["cifar10"]:
         base = key.partition(":")[0]
@@ -328,7 +327,7 @@ def study(profile: str, seed: int = 0, device=None) -> AshBenchmark:
     per_fm = long_fm[long_fm[names.OOD] != names.MEAN_ROW]
     mnist = ev_fm.names["mnist"]
     mnist_fm = per_fm[per_fm[names.OOD] == mnist].set_index(names.METHOD)
-    fm_synthetic = [s.name for k, s in ev_fm.ood_sets.items() if k.partition(":")[0] in data.SYNTHETIC]
+    fm_synthetic = ev_fm.synthetic_names
     fashion = pd.DataFrame({
         f"{mnist} {names.FPR95}": mnist_fm[names.FPR95], f"{mnist} {names.AUROC}": mnist_fm[names.AUROC],
         names.SYNTHETIC_AUROC: per_fm[per_fm[names.OOD].isin(fm_synthetic)].groupby(names.METHOD)[names.AUROC].mean(),

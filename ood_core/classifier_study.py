@@ -103,6 +103,15 @@ class ClassifierEvaluation:
     def names(self) -> dict[str, str]:
         return {k: s.name for k, s in self.ood_sets.items()}
 
+    def near_names(self, keys) -> list[str]:
+        """The display names of the near-OOD sets ``keys`` (profile keys) present in this evaluation."""
+        return [self.names[k] for k in keys if k in self.names]
+
+    @property
+    def synthetic_names(self) -> list[str]:
+        """The display names of the synthetic sets (noise, constant) of this evaluation, averaged apart."""
+        return [s.name for k, s in self.ood_sets.items() if k.partition(":")[0] in data.SYNTHETIC]
+
     @cached_property
     def model_cpu(self) -> torch.nn.Module:
         """Feature-level detectors run on a CPU copy (features are cached on the CPU); ODIN uses the

@@ -125,10 +125,8 @@ def cmd_classifier(args: argparse.Namespace) -> int:
             continue
         ev = cs.evaluate(run, C.n_eval, C.n_fit, C.ood[ds], seed=args.seed, device=device)
         long = ev.benchmark(C.methods)
-        near = [ev.names[k] for k in C.near[ds] if k in ev.names]
         tables = {"benchmark": long, "summary": cs.summary(long).reset_index(),
-                  "near_far": cs.near_far_summary(long, near, [s.name for k, s in ev.ood_sets.items()
-                                                               if k.partition(":")[0] in data.SYNTHETIC]).reset_index(),
+                  "near_far": cs.near_far_summary(long, ev.near_names(C.near[ds]), ev.synthetic_names).reset_index(),
                   "exponents": ev.exponent_table(95),
                   "sweep": ev.percentile_sweep(C.percentiles, shapers=(*cs.SWEEP_SHAPERS, "scale")),
                   "local_vs_global": ev.local_vs_global(C.ablation_percentiles),

@@ -66,6 +66,7 @@ def curve_column(set_name: str) -> str:
     """The history column of a set's mean bits/dim along training, e.g. ``"bpd: MNIST test"``."""
     return CURVE_PREFIX + set_name
 
+
 # ---------------------------------------------------------------------- 07_second_order: second-order tables
 #: Columns of :func:`ood_core.second_order.second_order_table` and ``curvature_table`` (bits/dim or nats).
 SO_MEASURED = "measured"
