@@ -1,5 +1,6 @@
 """Profiles, the artifact cache and the environment files."""
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,39 @@ def test_profiles_exist_and_scale_monotonically():
     assert paper.data.n_eval is None  # full test sets
     with pytest.raises(ValueError, match="unknown profile"):
         profiles.get_profile("huge")
+
+
+def test_profiles_are_one_recipe_at_three_scales():
+    """Every profile is build(scale): the recipes (optimisers, curve sets, detectors, OOD sets) are the same
+    at every scale, and one number changed in a scale table changes that number and nothing else."""
+    built = {name: profiles.build(scale) for name, scale in profiles.SCALES.items()}
+    assert {name: p.name for name, p in built.items()} == {n: n for n in profiles.PROFILES}
+    for p in built.values():
+        assert p.glow.runs["fashion_mnist"].train.optimizer == profiles.GLOW_OPT["optimizer"]
+        assert p.glow.runs["cifar10"].curve_sets == profiles.COLOUR_CURVES
+        assert p.families.vae["cifar10"].curve_sets == profiles.COLOUR_CURVES
+        assert p.unified.background_rate == profiles.BACKGROUND_RATE
+        assert p.classifier.methods == profiles.CLASSIFIER_METHODS
+    cpu = built["cpu"]
+    changed = profiles.build(dataclasses.replace(profiles.CPU, glow_n_eval=7))
+    assert changed.glow.n_eval == 7
+    assert dataclasses.replace(changed, glow=dataclasses.replace(changed.glow, n_eval=cpu.glow.n_eval)) == cpu
+    # the seed study's models are variants of the chapters' models
+    seed_glow, fm_glow = cpu.seeds.glow, cpu.glow.runs["fashion_mnist"]
+    assert seed_glow.model == {**fm_glow.model, **profiles.CPU.seed_glow.model}
+    assert seed_glow.train == profiles.CPU.seed_glow.train and seed_glow.n_train == 20000
+
+
+def test_vary_changes_only_what_the_size_names():
+    cifar = profiles.get_profile("smoke").classifier.runs["cifar10"]
+    densenet = profiles.vary(cifar, profiles.Size(dict(arch="densenet_bc100", growth_rate=2), fields=dict(n_train=8)))
+    assert densenet.model.arch == "densenet_bc100" and densenet.model.width == 64  # a new config, not resnet's width
+    assert densenet.n_train == 8 and densenet.train == cifar.train and densenet.n_curve == cifar.n_curve
+    wider = profiles.vary(cifar, profiles.Size(dict(width=8)))
+    assert wider.model == dataclasses.replace(cifar.model, width=8)
+    assert profiles.vary(cifar, profiles.SAME) == cifar
+    gray = profiles.classifier("fashion_mnist", profiles.Size(dict(arch="small_cnn", width=4), cifar.train))
+    assert gray.model.in_channels == 1
 
 
 def test_profile_typos_fail_at_get_profile_with_the_valid_names():

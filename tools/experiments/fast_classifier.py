@@ -211,8 +211,8 @@ def recipe(name: str):
     if name == "cpu":
         return profiles.get_profile("cpu").classifier.runs["cifar10"]
     if name == "resnet18":
-        return profiles.classifier("cifar10", "resnet18_cifar", 16, TrainConfig(
-            epochs=4, batch_size=128, lr=0.1, warmup_steps=100, eval_every=0, checkpoint_every=200, **profiles.CLS_OPT))
+        return profiles.classifier("cifar10", profiles.Size(dict(arch="resnet18_cifar", width=16), TrainConfig(
+            epochs=4, batch_size=128, lr=0.1, warmup_steps=100, eval_every=0, checkpoint_every=200, **profiles.CLS_OPT)))
     raise ValueError(f"unknown recipe {name!r}; choose cpu or resnet18")
 
 
