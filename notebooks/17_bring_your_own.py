@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from ood_core import classifier_study as cs, data, likelihood_study as ls, names, plots
-from ood_core.experiment import train_or_load
+from ood_core.experiment import seeded_init, train_or_load
 from ood_core.classifiers import TorchvisionClassifier
 from ood_core.profiles import get_profile
 
@@ -84,10 +84,10 @@ plt.show()
 #
 # `TorchvisionClassifier` splits any torchvision ResNet or MobileNetV2 into `features`/`head`.
 # Pass `weights="path/to/state_dict.pt"` for your trained weights (loaded with
-# `weights_only=True`); here the weights are random, so the numbers only show the mechanics.
+# `weights_only=True`); here the weights are random (drawn from `seed`), so the numbers only show the mechanics.
 
 # %%
-tv = TorchvisionClassifier("resnet18", num_classes=10)
+tv = seeded_init(lambda: TorchvisionClassifier("resnet18", num_classes=10), seed)  # the same random weights every run
 small = {k: v.subset(min(200, len(v)), seed) for k, v in {"fit": fit_set, "id": id_set, "mine": mine}.items()}
 ev_tv = cs.evaluate_model(tv, small["fit"], small["id"], {"mine": small["mine"]})
 plots.show_table(cs.summary(ev_tv.benchmark(P.classifier.methods)).drop(columns=[names.PAPER_FPR95, names.PAPER_AUROC]),
