@@ -84,15 +84,18 @@ class Kind:
 #: kind keyed by their runs (glow_scores 4, vae_scores 3, pixelcnn_scores 3, classifier_features 3,
 #: classifier_tables 4), evidence 2. The committed-results kinds (glow_results, classifier_results) keep their
 #: versions: their keys are the run configs, which did not change, so results/ stays reachable.
+#: Then classifier_features 4, odin_scores 2, classifier_tables 6 and feature_flow 2 (trained on the features): CPU
+#: evaluation batches are channels-last (faster; features equal to float32 rounding, not bit-identical), bumped so
+#: that a cached and a fresh build agree exactly.
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("classifier_features", 3, ("ood_core.classifiers", "ood_core.scores:compute_logits_and_features"),
+    Kind("classifier_features", 4, ("ood_core.classifiers", "ood_core.scores:compute_logits_and_features"),
          "penultimate features and logits of one image set"),
-    Kind("classifier_tables", 5, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
+    Kind("classifier_tables", 6, ("ood_core.ash", "ood_core.scores", "ood_core.metrics", "ood_core.detectors",
                                   "ood_core.classifier_study"),
          "benchmark, percentile-sweep, local-vs-global and where-to-ASH tables of one evaluation"),
-    Kind("odin_scores", 1, ("ood_core.scores:odin", "ood_core.classifiers", "ood_core.classifier_study:ClassifierEvaluation.odin_scores"),
+    Kind("odin_scores", 2, ("ood_core.scores:odin", "ood_core.classifiers", "ood_core.classifier_study:ClassifierEvaluation.odin_scores"),
          "ODIN scores of one network on one image set (input perturbation: a backward pass per image)"),
-    Kind("feature_flow", 1, ("ood_core.feature_flow", "ood_core.train", "ood_core.experiment:train_feature_flow"),
+    Kind("feature_flow", 2, ("ood_core.feature_flow", "ood_core.train", "ood_core.experiment:train_feature_flow"),
          "a flow trained on a classifier's penultimate features (Kirichenko et al.)"),
     Kind("evidence", 2, ("ood_core.claims",), "the measured evidence of one claim, recorded by a chapter"),
     Kind("glow_results", 1, ("ood_core.likelihood_study:export_results",),

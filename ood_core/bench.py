@@ -10,6 +10,10 @@
   alike, so the ratio stays meaningful where the absolute figures do not.
 * **Evaluation.** Glow bits/dim scoring (:func:`ood_core.likelihood.flow_log_likelihood`) in
   images/s.
+* **Evaluation layout.** Penultimate features (:func:`ood_core.scores.compute_logits_and_features`,
+  batch 64) of the DenseNet-BC-100, ResNet-56 (width 16) and AirbenchNet architectures (random weights: the time
+  does not depend on them) on contiguous and on channels-last CPU batches, in turns; the evaluation
+  code uses channels-last on a CPU.
 * **ASH.** The classifier's forward time and the overhead of ASH on its penultimate features, as
   a fraction of the forward time (the ASH paper's claim: negligible).
 
@@ -73,9 +77,9 @@ class Comparison:
         """Median over rounds of ours / reference (rounds pair measurements taken moments apart)."""
         return statistics.median(self.ratios)
 
-    def describe(self) -> str:
+    def describe(self, ours: str = "train ours", reference: str = "reference") -> str:
         lo, hi = min(self.ratios), max(self.ratios)
-        return (f"train ours {statistics.median(self.ours):,.0f} img/s, reference "
+        return (f"{ours} {statistics.median(self.ours):,.0f} img/s, {reference} "
                 f"{statistics.median(self.reference):,.0f} img/s: ratio {self.ratio:.2f} "
                 f"(rounds {lo:.2f}-{hi:.2f}, n={len(self.ratios)})")
 
@@ -205,6 +209,28 @@ def ash_overhead(device: torch.device, seconds: float, width: int = 16, batch: i
     return 1000 * batch / fwd, fwd / shp
 
 
+LAYOUT_ARCHS = (("densenet_bc100", {}), ("resnet_cifar", {"depth": 56, "width": 16}), ("airbench", {"width": 32}))
+
+
+def layout_comparison(arch: str, device: torch.device, seconds: float, rounds: int = ROUNDS,
+                      batch: int = 64, **model: int) -> Comparison:
+    """Penultimate-feature extraction of ``arch`` on channels-last vs contiguous batches (random weights)."""
+    from ood_core.classifiers import ClassifierConfig, build_classifier
+
+    torch.manual_seed(0)
+    net = build_classifier(ClassifierConfig(arch, **model)).to(device).eval()
+    x = torch.rand(batch, 3, 32, 32, device=device)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+
+    def features(images: torch.Tensor) -> Callable[[], None]:
+        def step() -> None:
+            with torch.no_grad():
+                net.features(images)
+        return step
+
+    return compare(features(x_last), features(x), batch, device, seconds, rounds)
+
+
 def run(device: str | None = None, profile: str = "cpu", seconds: float = 10.0, threads: int | None = THREADS,
         rounds: int = ROUNDS) -> Iterator[str]:
     """Yield the report line by line (see the module docstring); ``seconds`` per side of each comparison."""
@@ -233,6 +259,11 @@ def run(device: str | None = None, profile: str = "cpu", seconds: float = 10.0, 
             comparison = classifier_comparison(crun, dev, seconds, rounds)
             yield (f"ResNet-18 (w{crun.model.width}) on CIFAR-10 (batch {crun.train.batch_size}, "
                    f"{crun.train.optimizer}): {comparison.describe()}")
+            if dev.type == "cpu":
+                for arch, model in LAYOUT_ARCHS:
+                    comparison = layout_comparison(arch, dev, seconds, rounds, **model)
+                    yield (f"{arch} features, batch 64: "
+                           f"{comparison.describe('channels-last', 'contiguous')} (>1 = channels-last faster)")
             ms, frac = ash_overhead(dev, seconds)
             yield f"ResNet-18 (w16) forward {ms:.1f} ms / batch 256; ASH-S on its features costs {frac:.2%} of that"
         except ImportError as e:  # classifiers not available in this build

@@ -232,3 +232,27 @@ def test_compute_logits_and_features(model, images):
     assert ((shaped != 0).sum(dim=1) <= 4).all()
     with pytest.raises(TypeError):
         compute_logits_and_features(model, images.to(torch.int32))
+
+
+def test_cpu_batches_are_channels_last_and_agree_with_contiguous():
+    # oneDNN convolutions are faster channels-last on a CPU; the features must be the network's own
+    from ood_core.classifiers import ClassifierConfig, build_classifier
+
+    torch.manual_seed(0)
+    net = build_classifier(ClassifierConfig("resnet_cifar", depth=8, width=8)).eval()
+    images = torch.rand(5, 3, 32, 32)
+    first_conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    seen = []
+    hook = first_conv.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        features, logits = compute_logits_and_features(net, images, batch_size=2)
+        assert len(seen) == 3
+        odin(net, images, epsilon=0.0014, batch_size=2)
+        assert len(seen) == 3 + 6  # ODIN: the gradient pass and the scoring pass per batch
+    finally:
+        hook.remove()
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
+    with torch.no_grad():
+        expected = net.features(images.contiguous())
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, net.head(expected), rtol=1e-5, atol=1e-5)
