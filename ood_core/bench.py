@@ -10,10 +10,10 @@
   alike, so the ratio stays meaningful where the absolute figures do not.
 * **Evaluation.** Glow bits/dim scoring (:func:`ood_core.likelihood.flow_log_likelihood`) in
   images/s.
-* **Evaluation layout.** Penultimate features (:func:`ood_core.scores.compute_logits_and_features`,
-  batch 64) of the DenseNet-BC-100, ResNet-56 (width 16) and AirbenchNet architectures (random weights: the time
-  does not depend on them) on contiguous and on channels-last CPU batches, in turns; the evaluation
-  code uses channels-last on a CPU.
+* **Evaluation layout.** The networks' penultimate features (``features``, batch 64) of the
+  DenseNet-BC-100, ResNet-56 (width 16) and AirbenchNet architectures (random weights: the time does
+  not depend on them) on contiguous and on channels-last CPU batches, in turns: the layout
+  :func:`ood_core.scores.compute_logits_and_features` and :func:`ood_core.scores.odin` use on a CPU.
 * **ASH.** The classifier's forward time and the overhead of ASH on its penultimate features, as
   a fraction of the forward time (the ASH paper's claim: negligible).
 

@@ -125,8 +125,8 @@ def _to_unit_float(images: Tensor) -> Tensor:
 
 def _network_batch(images: Tensor, device: torch.device) -> Tensor:
     """A batch of images as float on ``device``, channels-last on a CPU: oneDNN's convolutions run faster
-    in that layout (measured on 2 cores, forward at batch 64: DenseNet-BC-100 1.7x, AirbenchNet 2x,
-    ResNet-56 1.2x; ``make bench``); the outputs agree with the contiguous layout to
+    in that layout (measured on 2 cores, features at batch 64: DenseNet-BC-100 1.4-1.7x, AirbenchNet
+    1.9x, ResNet-56 1.1-1.3x; ``make bench``); the outputs agree with the contiguous layout to
     float32 rounding (~5e-6 on logits)."""
     batch = _to_unit_float(images).to(device)
     if batch.device.type == "cpu" and batch.dim() == 4:
